@@ -1,0 +1,703 @@
+//! The FUSE adapter: translates kernel requests into union calls and union
+//! answers into replies. It owns the open file and directory handles and
+//! the kernel cache policy; every rule about layers lives in the union core.
+
+mod convert;
+
+use std::ffi::{CString, OsStr};
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use dashmap::DashMap;
+use fuser::{
+    AccessFlags, CopyFileRangeFlags, FileHandle, Filesystem, FopenFlags, Generation, INodeNo,
+    InitFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData,
+    ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyLseek, ReplyOpen, ReplyStatfs,
+    ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+};
+
+use crate::union::{Caller, OpenDir, OpenFile, SetAttr, TimeSpec, Union, XattrReply};
+use convert::{errno, file_attr, file_type};
+
+/// Kernel-facing knobs.
+#[derive(Debug, Clone)]
+pub struct FuseOptions {
+    /// How long the kernel may cache names and attributes.
+    pub timeout: Duration,
+    /// Let the kernel enforce POSIX ACLs stored in xattrs.
+    pub acl: bool,
+}
+
+impl Default for FuseOptions {
+    fn default() -> Self {
+        FuseOptions {
+            timeout: Duration::from_secs(1),
+            acl: true,
+        }
+    }
+}
+
+/// A [`Union`] served over FUSE.
+pub struct UnionFs {
+    union: Arc<Union>,
+    opts: FuseOptions,
+    files: DashMap<u64, Arc<OpenFile>>,
+    dirs: DashMap<u64, Arc<OpenDir>>,
+    next_fh: AtomicU64,
+}
+
+fn caller(req: &Request) -> Caller {
+    Caller {
+        uid: req.uid(),
+        gid: req.gid(),
+        pid: req.pid(),
+    }
+}
+
+fn cname(name: &OsStr) -> Result<CString, fuser::Errno> {
+    CString::new(name.as_bytes()).map_err(|_| fuser::Errno::EINVAL)
+}
+
+fn time_spec(t: Option<TimeOrNow>) -> Option<TimeSpec> {
+    t.map(|t| match t {
+        TimeOrNow::Now => TimeSpec::Now,
+        TimeOrNow::SpecificTime(t) => TimeSpec::At(t),
+    })
+}
+
+const GEN: Generation = Generation(0);
+
+impl UnionFs {
+    pub fn new(union: Arc<Union>, opts: FuseOptions) -> UnionFs {
+        UnionFs {
+            union,
+            opts,
+            files: DashMap::new(),
+            dirs: DashMap::new(),
+            next_fh: AtomicU64::new(1),
+        }
+    }
+
+    pub fn union(&self) -> &Arc<Union> {
+        &self.union
+    }
+
+    fn fh(&self) -> u64 {
+        self.next_fh.fetch_add(1, Ordering::Relaxed)
+    }
+
+    fn file(&self, fh: FileHandle) -> Result<Arc<OpenFile>, fuser::Errno> {
+        self.files
+            .get(&fh.0)
+            .map(|f| f.clone())
+            .ok_or(fuser::Errno::EBADF)
+    }
+
+    fn dir(&self, fh: FileHandle) -> Result<Arc<OpenDir>, fuser::Errno> {
+        self.dirs
+            .get(&fh.0)
+            .map(|d| d.clone())
+            .ok_or(fuser::Errno::EBADF)
+    }
+
+    fn ttl(&self) -> &Duration {
+        &self.opts.timeout
+    }
+
+    fn reply_entry(
+        &self,
+        reply: ReplyEntry,
+        r: crate::union::Result<(Arc<crate::union::Node>, crate::union::Attr)>,
+    ) {
+        match r {
+            Ok((_, attr)) => reply.entry(self.ttl(), &file_attr(&attr), GEN),
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    fn open_flags(&self, file: &OpenFile) -> FopenFlags {
+        // Lower files never change under us: keep their cached pages.
+        if !file.is_writable() && !file.node().state().upper {
+            FopenFlags::FOPEN_KEEP_CACHE
+        } else {
+            FopenFlags::empty()
+        }
+    }
+}
+
+impl Filesystem for UnionFs {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        let mut wanted = InitFlags::FUSE_DO_READDIRPLUS
+            | InitFlags::FUSE_READDIRPLUS_AUTO
+            | InitFlags::FUSE_ATOMIC_O_TRUNC
+            | InitFlags::FUSE_PARALLEL_DIROPS
+            | InitFlags::FUSE_CACHE_SYMLINKS
+            | InitFlags::FUSE_DONT_MASK
+            | InitFlags::FUSE_EXPORT_SUPPORT;
+        if self.opts.acl {
+            wanted |= InitFlags::FUSE_POSIX_ACL;
+        }
+        let supported = config.capabilities() & wanted;
+        if let Err(missing) = config.add_capabilities(supported) {
+            tracing::warn!(?missing, "kernel refused FUSE capabilities");
+        }
+        let _ = config.set_max_write(1 << 20);
+        let _ = config.set_max_readahead(1 << 20);
+        let _ = config.set_max_background(64);
+        tracing::debug!(capabilities = ?supported, "FUSE session initialised");
+        Ok(())
+    }
+
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        let name = match cname(name) {
+            Ok(n) => n,
+            Err(e) => return reply.error(e),
+        };
+        self.reply_entry(reply, self.union.lookup(parent.0, &name));
+    }
+
+    fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+        self.union.forget(ino.0, nlookup);
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
+        let file = fh.and_then(|fh| self.files.get(&fh.0).map(|f| f.clone()));
+        match self.union.getattr(ino.0, file.as_deref()) {
+            Ok(attr) => reply.attr(self.ttl(), &file_attr(&attr)),
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    fn setattr(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        atime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
+        _ctime: Option<SystemTime>,
+        fh: Option<FileHandle>,
+        _crtime: Option<SystemTime>,
+        _chgtime: Option<SystemTime>,
+        _bkuptime: Option<SystemTime>,
+        _flags: Option<fuser::BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        let change = SetAttr {
+            mode,
+            uid,
+            gid,
+            size,
+            atime: time_spec(atime),
+            mtime: time_spec(mtime),
+        };
+        let file = fh.and_then(|fh| self.files.get(&fh.0).map(|f| f.clone()));
+        match self
+            .union
+            .setattr(ino.0, &change, file.as_deref(), &caller(req))
+        {
+            Ok(attr) => reply.attr(self.ttl(), &file_attr(&attr)),
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        match self.union.readlink(ino.0) {
+            Ok(target) => reply.data(&target),
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    fn mknod(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        rdev: u32,
+        reply: ReplyEntry,
+    ) {
+        let name = match cname(name) {
+            Ok(n) => n,
+            Err(e) => return reply.error(e),
+        };
+        let r = self
+            .union
+            .mknod(parent.0, &name, mode, umask, u64::from(rdev), &caller(req));
+        self.reply_entry(reply, r);
+    }
+
+    fn mkdir(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        reply: ReplyEntry,
+    ) {
+        let name = match cname(name) {
+            Ok(n) => n,
+            Err(e) => return reply.error(e),
+        };
+        let r = self.union.mkdir(parent.0, &name, mode, umask, &caller(req));
+        self.reply_entry(reply, r);
+    }
+
+    fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        match cname(name).and_then(|n| self.union.unlink(parent.0, &n).map_err(errno)) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        match cname(name).and_then(|n| self.union.rmdir(parent.0, &n).map_err(errno)) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn symlink(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        link_name: &OsStr,
+        target: &Path,
+        reply: ReplyEntry,
+    ) {
+        let (name, target) = match (cname(link_name), cname(target.as_os_str())) {
+            (Ok(n), Ok(t)) => (n, t),
+            _ => return reply.error(fuser::Errno::EINVAL),
+        };
+        let r = self.union.symlink(parent.0, &name, &target, &caller(req));
+        self.reply_entry(reply, r);
+    }
+
+    fn rename(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        newparent: INodeNo,
+        newname: &OsStr,
+        flags: RenameFlags,
+        reply: ReplyEmpty,
+    ) {
+        let (name, newname) = match (cname(name), cname(newname)) {
+            (Ok(a), Ok(b)) => (a, b),
+            _ => return reply.error(fuser::Errno::EINVAL),
+        };
+        match self
+            .union
+            .rename(parent.0, &name, newparent.0, &newname, flags.bits())
+        {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    fn link(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        newparent: INodeNo,
+        newname: &OsStr,
+        reply: ReplyEntry,
+    ) {
+        let name = match cname(newname) {
+            Ok(n) => n,
+            Err(e) => return reply.error(e),
+        };
+        let r = self.union.link(ino.0, newparent.0, &name, &caller(req));
+        self.reply_entry(reply, r);
+    }
+
+    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        match self.union.open(ino.0, flags.0) {
+            Ok(file) => {
+                let fh = self.fh();
+                let fopen = self.open_flags(&file);
+                self.files.insert(fh, Arc::new(file));
+                reply.opened(FileHandle(fh), fopen);
+            }
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        match self
+            .file(fh)
+            .and_then(|f| self.union.read(&f, offset, size).map_err(errno))
+        {
+            Ok(data) => reply.data(&data),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn write(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        data: &[u8],
+        _write_flags: WriteFlags,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyWrite,
+    ) {
+        match self
+            .file(fh)
+            .and_then(|f| self.union.write(&f, offset, data).map_err(errno))
+        {
+            Ok(n) => reply.written(n as u32),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn flush(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _lock_owner: LockOwner,
+        reply: ReplyEmpty,
+    ) {
+        match self.file(fh) {
+            Ok(_) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn release(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        self.files.remove(&fh.0);
+        reply.ok();
+    }
+
+    fn fsync(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        match self
+            .file(fh)
+            .and_then(|f| self.union.fsync(&f, datasync).map_err(errno))
+        {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        match self.union.opendir(ino.0) {
+            Ok(dir) => {
+                let fh = self.fh();
+                self.dirs.insert(fh, Arc::new(dir));
+                reply.opened(FileHandle(fh), FopenFlags::empty());
+            }
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    fn readdir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
+        let dir = match self.dir(fh) {
+            Ok(d) => d,
+            Err(e) => return reply.error(e),
+        };
+        let entries = match self.union.readdir(&dir, offset) {
+            Ok(e) => e,
+            Err(e) => return reply.error(errno(e)),
+        };
+        let (dot, dotdot) = self.union.dot_inos(&dir);
+        // Offsets: 0 = ".", 1 = "..", 2 + i = entries[i]; an entry carries
+        // the offset of the one after it.
+        for idx in offset..(entries.len() as u64 + 2) {
+            let full = match idx {
+                0 => reply.add(INodeNo(dot), 1, fuser::FileType::Directory, "."),
+                1 => reply.add(INodeNo(dotdot), 2, fuser::FileType::Directory, ".."),
+                _ => {
+                    let e = &entries[(idx - 2) as usize];
+                    reply.add(
+                        INodeNo(e.ino),
+                        idx + 1,
+                        file_type(e.kind),
+                        OsStr::from_bytes(e.name.to_bytes()),
+                    )
+                }
+            };
+            if full {
+                break;
+            }
+        }
+        reply.ok();
+    }
+
+    fn readdirplus(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectoryPlus,
+    ) {
+        let dir = match self.dir(fh) {
+            Ok(d) => d,
+            Err(e) => return reply.error(e),
+        };
+        let entries = match self.union.readdir(&dir, offset) {
+            Ok(e) => e,
+            Err(e) => return reply.error(errno(e)),
+        };
+        let own = match self.union.getattr(ino.0, None) {
+            Ok(a) => file_attr(&a),
+            Err(e) => return reply.error(errno(e)),
+        };
+        let (dot, dotdot) = self.union.dot_inos(&dir);
+        for idx in offset..(entries.len() as u64 + 2) {
+            // The kernel takes no reference for "." and "..".
+            let full = match idx {
+                0 => reply.add(INodeNo(dot), 1, ".", self.ttl(), &own, GEN),
+                1 => reply.add(INodeNo(dotdot), 2, "..", self.ttl(), &own, GEN),
+                _ => {
+                    let e = &entries[(idx - 2) as usize];
+                    let Ok((node, attr)) = self.union.lookup(ino.0, &e.name) else {
+                        continue; // gone since the listing was taken
+                    };
+                    let full = reply.add(
+                        INodeNo(node.id),
+                        idx + 1,
+                        OsStr::from_bytes(e.name.to_bytes()),
+                        self.ttl(),
+                        &file_attr(&attr),
+                        GEN,
+                    );
+                    if full {
+                        self.union.forget(node.id, 1);
+                    }
+                    full
+                }
+            };
+            if full {
+                break;
+            }
+        }
+        reply.ok();
+    }
+
+    fn releasedir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        reply: ReplyEmpty,
+    ) {
+        self.dirs.remove(&fh.0);
+        reply.ok();
+    }
+
+    fn fsyncdir(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        match self.union.fsyncdir(ino.0, datasync) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        match self.union.statfs() {
+            Ok(s) => reply.statfs(
+                s.f_blocks,
+                s.f_bfree,
+                s.f_bavail,
+                s.f_files,
+                s.f_ffree,
+                s.f_bsize as u32,
+                s.f_namemax as u32,
+                s.f_frsize as u32,
+            ),
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    fn setxattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        name: &OsStr,
+        value: &[u8],
+        flags: i32,
+        _position: u32,
+        reply: ReplyEmpty,
+    ) {
+        match cname(name).and_then(|n| self.union.setxattr(ino.0, &n, value, flags).map_err(errno))
+        {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        match cname(name).and_then(|n| self.union.getxattr(ino.0, &n, size).map_err(errno)) {
+            Ok(XattrReply::Size(n)) => reply.size(n),
+            Ok(XattrReply::Data(d)) => reply.data(&d),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        match self.union.listxattr(ino.0, size) {
+            Ok(XattrReply::Size(n)) => reply.size(n),
+            Ok(XattrReply::Data(d)) => reply.data(&d),
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        match cname(name).and_then(|n| self.union.removexattr(ino.0, &n).map_err(errno)) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn access(&self, req: &Request, ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
+        match self.union.access(ino.0, mask.bits(), &caller(req)) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    fn create(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        flags: i32,
+        reply: ReplyCreate,
+    ) {
+        let name = match cname(name) {
+            Ok(n) => n,
+            Err(e) => return reply.error(e),
+        };
+        match self
+            .union
+            .create(parent.0, &name, mode, umask, flags, &caller(req))
+        {
+            Ok((_, attr, file)) => {
+                let fh = self.fh();
+                let fopen = self.open_flags(&file);
+                self.files.insert(fh, Arc::new(file));
+                reply.created(self.ttl(), &file_attr(&attr), GEN, FileHandle(fh), fopen);
+            }
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    fn fallocate(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        length: u64,
+        mode: i32,
+        reply: ReplyEmpty,
+    ) {
+        match self.file(fh).and_then(|f| {
+            self.union
+                .fallocate(&f, mode, offset, length)
+                .map_err(errno)
+        }) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn lseek(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: i64,
+        whence: i32,
+        reply: ReplyLseek,
+    ) {
+        match self
+            .file(fh)
+            .and_then(|f| self.union.lseek(&f, offset, whence).map_err(errno))
+        {
+            Ok(off) => reply.offset(off),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn copy_file_range(
+        &self,
+        _req: &Request,
+        _ino_in: INodeNo,
+        fh_in: FileHandle,
+        offset_in: u64,
+        _ino_out: INodeNo,
+        fh_out: FileHandle,
+        offset_out: u64,
+        len: u64,
+        _flags: CopyFileRangeFlags,
+        reply: ReplyWrite,
+    ) {
+        let r = self.file(fh_in).and_then(|src| {
+            let dst = self.file(fh_out)?;
+            self.union
+                .copy_file_range(&src, offset_in, &dst, offset_out, len)
+                .map_err(errno)
+        });
+        match r {
+            Ok(n) => reply.written(n.min(u32::MAX as usize) as u32),
+            Err(e) => reply.error(e),
+        }
+    }
+}

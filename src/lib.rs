@@ -1,0 +1,15 @@
+//! layerfs: a userspace union filesystem with overlayfs's on-disk format,
+//! served over FUSE.
+//!
+//! - [`layer`]: access to layer directories (the only place that makes path
+//!   syscalls on them) and the whiteout/opaque encodings;
+//! - [`union`]: the union semantics, independent of FUSE;
+//! - [`fuse`]: the FUSE adapter;
+//! - [`mount`]: mount configuration, option parsing, the daemon;
+//! - [`cli`]: command lines of `unionctl` and `layerfs`.
+
+pub mod cli;
+pub mod fuse;
+pub mod layer;
+pub mod mount;
+pub mod union;

@@ -1,0 +1,139 @@
+//! Unmounting, and the record that lets `umount` wait for the daemon.
+//!
+//! A live daemon keeps a small record (its pid and mountpoint) in the
+//! runtime directory. `umount` uses it to wait until the daemon has exited,
+//! so that the upper and work directories are quiet (and unlocked) when the
+//! command returns.
+
+use std::ffi::CString;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use nix::errno::Errno;
+use nix::sys::signal::kill;
+use nix::unistd::Pid;
+
+use super::MountError;
+
+/// Where daemons leave their records.
+pub fn runtime_dir() -> PathBuf {
+    if nix::unistd::geteuid().is_root() {
+        return PathBuf::from("/run/layerfs");
+    }
+    match std::env::var_os("XDG_RUNTIME_DIR") {
+        Some(d) => PathBuf::from(d).join("layerfs"),
+        None => PathBuf::from(format!("/tmp/layerfs-{}", nix::unistd::geteuid())),
+    }
+}
+
+fn record_path(mountpoint: &Path) -> PathBuf {
+    // FNV-1a of the path: short, stable, no escaping needed.
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in mountpoint.as_os_str().as_bytes() {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    runtime_dir().join("mounts").join(format!("{h:016x}"))
+}
+
+/// The record of a live mount; removed when dropped.
+#[derive(Debug)]
+pub struct MountRecord {
+    path: PathBuf,
+}
+
+impl MountRecord {
+    pub fn create(mountpoint: &Path) -> Option<MountRecord> {
+        let path = record_path(mountpoint);
+        let dir = path.parent()?;
+        std::fs::create_dir_all(dir).ok()?;
+        let body = format!("{}\n{}\n", std::process::id(), mountpoint.display());
+        std::fs::write(&path, body).ok()?;
+        Some(MountRecord { path })
+    }
+
+    /// Pid of the daemon serving `mountpoint`, if it left a record.
+    pub fn daemon_pid(mountpoint: &Path) -> Option<i32> {
+        let body = std::fs::read_to_string(record_path(mountpoint)).ok()?;
+        let mut lines = body.lines();
+        let pid = lines.next()?.parse().ok()?;
+        (lines.next()? == mountpoint.to_string_lossy()).then_some(pid)
+    }
+}
+
+impl Drop for MountRecord {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// Makes `p` absolute without resolving its last component (which may be a
+/// dead FUSE mount that cannot be stat'ed).
+fn absolute(p: &Path) -> Result<PathBuf, MountError> {
+    let abs = std::path::absolute(p).map_err(|e| MountError::path("mountpoint", p, e))?;
+    match (abs.parent(), abs.file_name()) {
+        (Some(parent), Some(name)) => Ok(parent
+            .canonicalize()
+            .map_err(|e| MountError::path("mountpoint", p, e))?
+            .join(name)),
+        _ => Ok(abs),
+    }
+}
+
+/// Unmounts a layerfs mount and waits for its daemon to exit. `lazy`
+/// detaches even while files are open.
+pub fn umount(mountpoint: &Path, lazy: bool) -> Result<(), MountError> {
+    let mp = absolute(mountpoint)?;
+    let pid = MountRecord::daemon_pid(&mp);
+    let c = CString::new(mp.as_os_str().as_bytes())
+        .map_err(|_| MountError::path("mountpoint", mountpoint, "contains a NUL byte"))?;
+    let flags = if lazy { libc::MNT_DETACH } else { 0 };
+    // SAFETY: valid C string.
+    if unsafe { libc::umount2(c.as_ptr(), flags) } != 0 {
+        let e = Errno::last();
+        return Err(match e {
+            Errno::EINVAL => MountError::path("mountpoint", mountpoint, "is not a mount point"),
+            Errno::EBUSY => MountError::path(
+                "mountpoint",
+                mountpoint,
+                "is busy (files are open or something is mounted below it); use --lazy to detach anyway",
+            ),
+            Errno::EPERM => return fusermount_u(&mp, lazy),
+            e => MountError::path("mountpoint", mountpoint, e),
+        });
+    }
+    if let Some(pid) = pid {
+        wait_exit(pid, Duration::from_secs(30));
+    }
+    Ok(())
+}
+
+/// Unprivileged unmount through the setuid helper.
+fn fusermount_u(mp: &Path, lazy: bool) -> Result<(), MountError> {
+    let mut cmd = std::process::Command::new("fusermount3");
+    cmd.arg("-u");
+    if lazy {
+        cmd.arg("-z");
+    }
+    let out = cmd
+        .arg("--")
+        .arg(mp)
+        .output()
+        .map_err(|e| MountError::Mount(format!("fusermount3: {e}")))?;
+    if !out.status.success() {
+        return Err(MountError::Mount(format!(
+            "fusermount3 -u {}: {}",
+            mp.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    Ok(())
+}
+
+fn wait_exit(pid: i32, limit: Duration) {
+    let start = Instant::now();
+    while kill(Pid::from_raw(pid), None).is_ok() && start.elapsed() < limit {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}

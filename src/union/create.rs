@@ -1,0 +1,330 @@
+//! Creating entries: files, directories, symlinks, special files and hard
+//! links.
+//!
+//! A new entry always goes to the upper layer. Where the name was deleted
+//! before (a whiteout sits in the upper directory), the entry is prepared in
+//! the work directory and swapped in, so the whiteout is replaced
+//! atomically; a directory created there is opaque, so the deleted lower
+//! directory does not show through it.
+
+use std::ffi::CStr;
+use std::os::fd::OwnedFd;
+use std::sync::Arc;
+
+use nix::errno::Errno;
+
+use super::copyup::{remove_tree, CopyData};
+use super::dircache::CachedDir;
+use super::node::Loc;
+use super::resolve::check_name;
+use super::{Attr, Caller, Node, NodeId, OpenFile, Result, Union};
+use crate::layer::whiteout;
+use crate::layer::{Dir, Kind};
+
+/// What to create.
+pub(super) enum NewEntry<'a> {
+    File { mode: u32, flags: i32 },
+    Dir { mode: u32 },
+    Symlink { target: &'a CStr },
+    Special { mode: u32, rdev: u64 },
+    Link { dir: &'a Dir, name: &'a CStr },
+}
+
+impl NewEntry<'_> {
+    fn is_dir(&self) -> bool {
+        matches!(self, NewEntry::Dir { .. })
+    }
+}
+
+/// What is at a name in the upper directory before we create there.
+struct Slot {
+    /// A char-device whiteout occupies the name.
+    whiteout_dev: bool,
+    /// A `.wh.<name>` file marks the name deleted.
+    whiteout_file: bool,
+}
+
+impl Union {
+    /// Mode bits for a new entry: the umask applies unless the parent has a
+    /// default ACL, which the filesystem then applies instead.
+    fn effective_mode(&self, parent: &Dir, mode: u32, umask: u32) -> Result<u32> {
+        if self.cfg.acl {
+            match parent.get_xattr(c"", c"system.posix_acl_default") {
+                Ok(Some(_)) => return Ok(mode & 0o7777),
+                Ok(None) | Err(Errno::ENOTSUP) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(mode & 0o7777 & !umask)
+    }
+
+    fn slot(&self, up: &CachedDir, name: &CStr) -> Result<Slot> {
+        let whiteout_dev = match up.dir.stat(name)? {
+            Some(st) if whiteout::is_whiteout_dev(&st) => true,
+            Some(_) => return Err(Errno::EEXIST),
+            None => false,
+        };
+        Ok(Slot {
+            whiteout_dev,
+            whiteout_file: up.has_wh_file(name)?,
+        })
+    }
+
+    /// Creates `name` in the upper directory of `parent`. Returns the open fd
+    /// for a regular file.
+    fn place_new(
+        &self,
+        parent: &Arc<Node>,
+        name: &CStr,
+        caller: &Caller,
+        entry: NewEntry<'_>,
+    ) -> Result<Option<OwnedFd>> {
+        check_name(name)?;
+        if whiteout::is_whiteout_name(name.to_bytes()) {
+            // The name space of whiteouts is not the client's to use.
+            return Err(Errno::EINVAL);
+        }
+        if !parent.is_dir() {
+            return Err(Errno::ENOTDIR);
+        }
+        if self.resolve(parent, name)?.is_some() {
+            return Err(Errno::EEXIST);
+        }
+        let upper = self.upper()?;
+        self.copy_up(parent, CopyData::All)?;
+        let up = self.dir(parent, Loc::Upper)?;
+        let slot = self.slot(&up, name)?;
+        let pst = up.dir.stat_self()?;
+        let uid = caller.uid;
+        let gid = if pst.mode() & libc::S_ISGID != 0 {
+            pst.gid()
+        } else {
+            caller.gid
+        };
+        let is_dir = entry.is_dir();
+
+        // Build the entry where it will be visible only when complete.
+        let (at, at_name) = if slot.whiteout_dev {
+            (&upper.work, upper.tmp_name())
+        } else {
+            (&up.dir, name.to_owned())
+        };
+        // A hard link shares its inode, owner included; anything else new
+        // belongs to the caller.
+        let owned = !matches!(entry, NewEntry::Link { .. });
+        let fd = self.make_entry(at, &at_name, entry)?;
+        let finish = || -> Result<()> {
+            if owned {
+                at.chown(&at_name, uid, gid)?;
+            }
+            if is_dir && (slot.whiteout_dev || slot.whiteout_file) {
+                whiteout::set_opaque(at, &at_name, self.cfg.xattr_ns)?;
+            }
+            Ok(())
+        };
+        if let Err(e) = finish() {
+            let _ = if is_dir {
+                remove_tree(at, &at_name)
+            } else {
+                at.unlink(&at_name)
+            };
+            return Err(e);
+        }
+
+        if slot.whiteout_dev {
+            if is_dir {
+                // rename() cannot put a directory over a char device:
+                // exchange the two, then drop the whiteout.
+                at.rename(&at_name, &up.dir, name, libc::RENAME_EXCHANGE)?;
+                at.unlink(&at_name)?;
+            } else {
+                at.rename(&at_name, &up.dir, name, 0)?;
+            }
+        }
+        if slot.whiteout_file {
+            match up.dir.unlink(&whiteout::whiteout_name(name)) {
+                Ok(()) | Err(Errno::ENOENT) => {}
+                Err(e) => return Err(e),
+            }
+            self.dirs.remove(parent.id, Loc::Upper);
+        }
+        Ok(fd)
+    }
+
+    fn make_entry(&self, at: &Dir, name: &CStr, entry: NewEntry<'_>) -> Result<Option<OwnedFd>> {
+        Ok(match entry {
+            NewEntry::File { mode, flags } => {
+                let fd = at.create(name, file_flags(flags), mode)?;
+                Some(fd)
+            }
+            NewEntry::Dir { mode } => {
+                at.mkdir(name, mode)?;
+                None
+            }
+            NewEntry::Symlink { target } => {
+                at.symlink(name, target)?;
+                None
+            }
+            NewEntry::Special { mode, rdev } => {
+                at.mknod(name, mode, rdev)?;
+                None
+            }
+            NewEntry::Link { dir, name: src } => {
+                dir.link(src, at, name)?;
+                None
+            }
+        })
+    }
+
+    /// Looks up a name just created and fixes its mode where chown cleared
+    /// setuid/setgid bits.
+    fn created(
+        &self,
+        parent: &Arc<Node>,
+        name: &CStr,
+        mode: Option<u32>,
+    ) -> Result<(Arc<Node>, Attr)> {
+        if let Some(mode) = mode {
+            if mode & (libc::S_ISUID | libc::S_ISGID) != 0 {
+                let up = self.dir(parent, Loc::Upper)?;
+                up.dir.chmod(name, mode & 0o7777)?;
+            }
+        }
+        self.lookup(parent.id, name)
+    }
+
+    pub fn mkdir(
+        &self,
+        parent: NodeId,
+        name: &CStr,
+        mode: u32,
+        umask: u32,
+        caller: &Caller,
+    ) -> Result<(Arc<Node>, Attr)> {
+        let parent = self.node(parent)?;
+        let mode = self.prepare_mode(&parent, mode, umask)?;
+        self.place_new(&parent, name, caller, NewEntry::Dir { mode })?;
+        self.created(&parent, name, None)
+    }
+
+    pub fn mknod(
+        &self,
+        parent: NodeId,
+        name: &CStr,
+        mode: u32,
+        umask: u32,
+        rdev: u64,
+        caller: &Caller,
+    ) -> Result<(Arc<Node>, Attr)> {
+        let parent = self.node(parent)?;
+        let kind = Kind::from_mode(mode).ok_or(Errno::EINVAL)?;
+        if kind == Kind::Dir || kind == Kind::Symlink {
+            return Err(Errno::EINVAL);
+        }
+        let perm = self.prepare_mode(&parent, mode, umask)?;
+        let full = (mode & libc::S_IFMT) | perm;
+        if kind == Kind::File {
+            self.place_new(
+                &parent,
+                name,
+                caller,
+                NewEntry::File {
+                    mode: perm,
+                    flags: libc::O_WRONLY,
+                },
+            )?;
+        } else {
+            self.place_new(
+                &parent,
+                name,
+                caller,
+                NewEntry::Special { mode: full, rdev },
+            )?;
+        }
+        self.created(&parent, name, Some(perm))
+    }
+
+    pub fn symlink(
+        &self,
+        parent: NodeId,
+        name: &CStr,
+        target: &CStr,
+        caller: &Caller,
+    ) -> Result<(Arc<Node>, Attr)> {
+        let parent = self.node(parent)?;
+        self.place_new(&parent, name, caller, NewEntry::Symlink { target })?;
+        self.created(&parent, name, None)
+    }
+
+    /// CREATE: a new regular file, opened.
+    pub fn create(
+        &self,
+        parent: NodeId,
+        name: &CStr,
+        mode: u32,
+        umask: u32,
+        flags: i32,
+        caller: &Caller,
+    ) -> Result<(Arc<Node>, Attr, OpenFile)> {
+        let parent = self.node(parent)?;
+        let perm = self.prepare_mode(&parent, mode, umask)?;
+        let fd = self
+            .place_new(&parent, name, caller, NewEntry::File { mode: perm, flags })?
+            .ok_or(Errno::EIO)?;
+        let (node, attr) = self.created(&parent, name, Some(perm))?;
+        let file = OpenFile::new(node.clone(), fd, Loc::Upper, flags);
+        Ok((node, attr, file))
+    }
+
+    /// LINK: a new name for an existing non-directory. A lower file is
+    /// copied up first; the new name is a hard link to the upper copy.
+    pub fn link(
+        &self,
+        id: NodeId,
+        newparent: NodeId,
+        newname: &CStr,
+        caller: &Caller,
+    ) -> Result<(Arc<Node>, Attr)> {
+        let node = self.node(id)?;
+        let newparent = self.node(newparent)?;
+        if node.is_dir() {
+            return Err(Errno::EPERM);
+        }
+        self.upper()?;
+        self.copy_up(&node, CopyData::All)?;
+        let (src_dir, src_name) = self.parent_dir(&node, Loc::Upper)?;
+        self.place_new(
+            &newparent,
+            newname,
+            caller,
+            NewEntry::Link {
+                dir: &src_dir.dir,
+                name: &src_name,
+            },
+        )?;
+        self.lookup(newparent.id, newname)
+    }
+
+    /// The permission bits a new entry is created with.
+    fn prepare_mode(&self, parent: &Arc<Node>, mode: u32, umask: u32) -> Result<u32> {
+        self.upper()?;
+        self.copy_up(parent, CopyData::All)?;
+        let up = self.dir(parent, Loc::Upper)?;
+        self.effective_mode(&up.dir, mode, umask)
+    }
+}
+
+/// Flags for the backing fd of a file opened through the union: always
+/// read-write when writing (the kernel may read back through a write-only
+/// handle to fill its page cache) and never append (the kernel passes the
+/// offset itself).
+pub(super) fn file_flags(flags: i32) -> i32 {
+    let acc = flags & libc::O_ACCMODE;
+    let keep = flags & (libc::O_DIRECT | libc::O_SYNC | libc::O_DSYNC | libc::O_NOATIME);
+    let acc = if acc == libc::O_RDONLY {
+        libc::O_RDONLY
+    } else {
+        libc::O_RDWR
+    };
+    acc | keep
+}

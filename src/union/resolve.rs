@@ -1,0 +1,215 @@
+//! Looking a name up through the stack of layers.
+//!
+//! The rules, top layer first:
+//! - a whiteout (in any form) ends the search: the name does not exist
+//!   below it;
+//! - a non-directory is the answer, and ends the search;
+//! - a directory starts a merged directory; further directories of the same
+//!   name below are merged into it until an opaque one, a non-directory or a
+//!   whiteout ends the merge.
+
+use std::ffi::CStr;
+use std::sync::Arc;
+
+use nix::errno::Errno;
+use smallvec::SmallVec;
+
+use super::node::{Loc, Node, NodeState, RealId};
+use super::{Attr, NodeId, Result, Union};
+use crate::layer::whiteout;
+use crate::layer::{Kind, Stat};
+
+/// What a name resolves to.
+#[derive(Debug)]
+pub(super) struct Found {
+    pub kind: Kind,
+    pub upper: Option<Stat>,
+    /// Lower layers holding the object, top first (at most one for a
+    /// non-directory), with their stats.
+    pub lowers: SmallVec<[(u16, Stat); 2]>,
+}
+
+impl Found {
+    fn new(loc: Loc, st: Stat) -> Option<Found> {
+        let kind = st.kind()?;
+        let mut f = Found {
+            kind,
+            upper: None,
+            lowers: SmallVec::new(),
+        };
+        match loc {
+            Loc::Upper => f.upper = Some(st),
+            Loc::Lower(l) => f.lowers.push((l, st)),
+        }
+        Some(f)
+    }
+
+    /// Stat of the top object.
+    pub fn top(&self) -> &Stat {
+        match (&self.upper, self.lowers.first()) {
+            (Some(st), _) => st,
+            (None, Some((_, st))) => st,
+            // A Found is built from one stat and only grows.
+            (None, None) => unreachable!("Found without any layer"),
+        }
+    }
+
+    pub fn key(&self) -> RealId {
+        let st = self.top();
+        RealId {
+            dev: st.dev(),
+            ino: st.ino(),
+        }
+    }
+}
+
+/// Rejects names that cannot be entries: empty, `.`, `..`, with a slash, or
+/// reserved for whiteouts.
+pub(super) fn check_name(name: &CStr) -> Result<()> {
+    let b = name.to_bytes();
+    if b.is_empty() || b == b"." || b == b".." || b.contains(&b'/') {
+        return Err(Errno::EINVAL);
+    }
+    if b.len() > 255 {
+        return Err(Errno::ENAMETOOLONG);
+    }
+    Ok(())
+}
+
+impl Union {
+    /// The layers to search for a child of `parent`: the upper layer if
+    /// `parent` exists there, then its merged lowers.
+    fn search_path(&self, parent: &Node) -> SmallVec<[Loc; 4]> {
+        let st = parent.state();
+        let mut locs = SmallVec::new();
+        if st.upper {
+            locs.push(Loc::Upper);
+        }
+        locs.extend(st.lowers.iter().map(|&l| Loc::Lower(l)));
+        locs
+    }
+
+    /// Resolves `name` in directory `parent` through the layers.
+    pub(super) fn resolve(&self, parent: &Arc<Node>, name: &CStr) -> Result<Option<Found>> {
+        if !parent.is_dir() {
+            return Err(Errno::ENOTDIR);
+        }
+        if whiteout::is_whiteout_name(name.to_bytes()) {
+            return Ok(None);
+        }
+        self.resolve_in(parent, name, &self.search_path(parent))
+    }
+
+    fn resolve_in(&self, parent: &Arc<Node>, name: &CStr, locs: &[Loc]) -> Result<Option<Found>> {
+        let mut found: Option<Found> = None;
+        for (i, &loc) in locs.iter().enumerate() {
+            let cd = self.dir(parent, loc)?;
+            let scan = cd.scan()?;
+            let Some(st) = cd.dir.stat(name)? else {
+                if scan.wh_names.contains(name.to_bytes()) {
+                    break;
+                }
+                continue;
+            };
+            if whiteout::is_whiteout(&cd.dir, name, &st, scan.marks.xwhiteouts)? {
+                break;
+            }
+            match &mut found {
+                None => {
+                    found = Found::new(loc, st);
+                    if !st.is_dir() {
+                        break;
+                    }
+                }
+                Some(f) => {
+                    if !st.is_dir() {
+                        break;
+                    }
+                    if let Loc::Lower(l) = loc {
+                        f.lowers.push((l, st));
+                    }
+                }
+            }
+            // A directory: does it hide the layers below?
+            let more_below = i + 1 < locs.len();
+            if more_below
+                && (scan.wh_names.contains(name.to_bytes())
+                    || whiteout::dir_marks(&cd.dir, name)?.opaque)
+            {
+                break;
+            }
+        }
+        Ok(found)
+    }
+
+    /// Whether `name` exists in the lower layers merged into `parent`, i.e.
+    /// whether removing it from the upper layer would uncover something.
+    pub(super) fn lower_has(&self, parent: &Arc<Node>, name: &CStr) -> Result<bool> {
+        let locs: SmallVec<[Loc; 4]> = parent
+            .state()
+            .lowers
+            .iter()
+            .map(|&l| Loc::Lower(l))
+            .collect();
+        Ok(self.resolve_in(parent, name, &locs)?.is_some())
+    }
+
+    /// The node for a resolved name, with one more kernel reference.
+    pub(super) fn node_for(
+        &self,
+        parent: &Arc<Node>,
+        name: &CStr,
+        found: &Found,
+    ) -> Result<Arc<Node>> {
+        let key = found.key();
+        let node = self.nodes.acquire(key, found.kind, || {
+            let ino = self.ino_for(parent, name, found)?;
+            let state = NodeState {
+                links: SmallVec::new(),
+                upper: found.upper.is_some(),
+                lowers: found.lowers.iter().map(|(l, _)| *l).collect(),
+                key,
+                unlinked: false,
+                orphan: None,
+            };
+            Ok::<_, Errno>((ino, state))
+        })?;
+        node.add_link(parent, name);
+        Ok(node)
+    }
+
+    /// The stable `st_ino` of a resolved object: for a merged or lower
+    /// directory its top lower directory's, for a copied-up file the one it
+    /// had in the lower layer (recorded at copy-up), else its own.
+    pub(super) fn ino_for(&self, parent: &Arc<Node>, name: &CStr, found: &Found) -> Result<u64> {
+        if let Some((_, st)) = found.lowers.first() {
+            return Ok(self.st_ino(st));
+        }
+        let Some(up) = &found.upper else {
+            return Err(Errno::EIO);
+        };
+        if found.kind != Kind::Dir {
+            let cd = self.dir(parent, Loc::Upper)?;
+            if let Some(origin) = self.read_origin(&cd.dir, name)? {
+                return Ok(origin);
+            }
+        }
+        Ok(self.st_ino(up))
+    }
+
+    /// LOOKUP: the node and attributes of `name` in `parent`, with one more
+    /// kernel reference on the node.
+    pub fn lookup(&self, parent: NodeId, name: &CStr) -> Result<(Arc<Node>, Attr)> {
+        let parent = self.node(parent)?;
+        check_name(name).map_err(|e| if e == Errno::EINVAL { Errno::ENOENT } else { e })?;
+        let found = self.resolve(&parent, name)?.ok_or(Errno::ENOENT)?;
+        let node = self.node_for(&parent, name, &found)?;
+        match self.attr_of(&node, found.top()) {
+            Ok(attr) => Ok((node, attr)),
+            Err(e) => {
+                self.forget(node.id, 1);
+                Err(e)
+            }
+        }
+    }
+}
