@@ -1,1 +1,10 @@
+//! Integration tests that mount for real: layerfs through both of its
+//! command lines, compared with kernel overlayfs where the kernel defines
+//! the expected result. Run as root (`cargo test --release --test fuse`).
 
+mod harness;
+
+mod cli;
+mod reference;
+mod semantics;
+mod smoke;
