@@ -28,7 +28,11 @@ pub enum OpaqueForm {
 }
 
 impl WhiteoutForm {
-    pub const ALL: [WhiteoutForm; 3] = [WhiteoutForm::CharDev, WhiteoutForm::WhFile, WhiteoutForm::Xattr];
+    pub const ALL: [WhiteoutForm; 3] = [
+        WhiteoutForm::CharDev,
+        WhiteoutForm::WhFile,
+        WhiteoutForm::Xattr,
+    ];
 
     /// The opaque form that goes with this whiteout form in real layers.
     pub fn opaque(self) -> OpaqueForm {
@@ -52,9 +56,20 @@ pub fn set_xattr(p: &Path, name: &str, value: &[u8]) {
     let n = CString::new(name).unwrap();
     // SAFETY: valid C strings and buffer.
     let r = unsafe {
-        libc::lsetxattr(c(p).as_ptr(), n.as_ptr(), value.as_ptr().cast(), value.len(), 0)
+        libc::lsetxattr(
+            c(p).as_ptr(),
+            n.as_ptr(),
+            value.as_ptr().cast(),
+            value.len(),
+            0,
+        )
     };
-    assert_eq!(r, 0, "lsetxattr {name} on {p:?}: {}", std::io::Error::last_os_error());
+    assert_eq!(
+        r,
+        0,
+        "lsetxattr {name} on {p:?}: {}",
+        std::io::Error::last_os_error()
+    );
 }
 
 /// Writes entries into one layer directory.
@@ -115,8 +130,11 @@ impl LayerBuilder {
     }
 
     pub fn fifo(&self, rel: &str) -> &Self {
-        nix::unistd::mkfifo(&self.at(rel), nix::sys::stat::Mode::from_bits_truncate(0o644))
-            .expect("mkfifo");
+        nix::unistd::mkfifo(
+            &self.at(rel),
+            nix::sys::stat::Mode::from_bits_truncate(0o644),
+        )
+        .expect("mkfifo");
         self
     }
 

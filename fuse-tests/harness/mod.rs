@@ -133,13 +133,18 @@ pub struct Mounted {
 pub fn lowerdir(lowers: &[PathBuf]) -> String {
     lowers
         .iter()
-        .map(|p| p.to_string_lossy().replace('\\', "\\\\").replace(':', "\\:"))
+        .map(|p| {
+            p.to_string_lossy()
+                .replace('\\', "\\\\")
+                .replace(':', "\\:")
+        })
         .collect::<Vec<_>>()
         .join(":")
 }
 
 pub fn run(cmd: &mut Command) -> Output {
-    cmd.output().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"))
+    cmd.output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"))
 }
 
 /// Mounts a union; panics with the command's stderr on failure.
@@ -156,7 +161,10 @@ pub fn mount(
         "{via:?} mount failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(is_mountpoint(mnt), "{via:?}: mount reported success but {mnt:?} is not mounted");
+    assert!(
+        is_mountpoint(mnt),
+        "{via:?}: mount reported success but {mnt:?} is not mounted"
+    );
     Mounted {
         via,
         mnt: mnt.to_path_buf(),
@@ -192,7 +200,11 @@ pub fn try_mount(
         Via::Compat => {
             let mut opts = format!("lowerdir={}", lowerdir(lowers));
             if let Some((u, w)) = upper {
-                opts.push_str(&format!(",upperdir={},workdir={}", u.display(), w.display()));
+                opts.push_str(&format!(
+                    ",upperdir={},workdir={}",
+                    u.display(),
+                    w.display()
+                ));
             }
             for e in extra {
                 opts.push(',');
@@ -203,7 +215,11 @@ pub fn try_mount(
         Via::Kernel => {
             let mut opts = format!("lowerdir={}", lowerdir(lowers));
             if let Some((u, w)) = upper {
-                opts.push_str(&format!(",upperdir={},workdir={}", u.display(), w.display()));
+                opts.push_str(&format!(
+                    ",upperdir={},workdir={}",
+                    u.display(),
+                    w.display()
+                ));
             }
             // The semantics layerfs implements today: no redirects, no
             // index, full copy-up.
@@ -246,7 +262,11 @@ impl Mounted {
             self.mnt,
             String::from_utf8_lossy(&out.stderr)
         );
-        assert!(!is_mountpoint(&self.mnt), "{:?} still mounted after unmount", self.mnt);
+        assert!(
+            !is_mountpoint(&self.mnt),
+            "{:?} still mounted after unmount",
+            self.mnt
+        );
     }
 
     pub fn p(&self, rel: &str) -> PathBuf {
@@ -301,7 +321,9 @@ pub fn wait_for(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
 pub fn errno_of<T: std::fmt::Debug>(r: std::io::Result<T>) -> i32 {
     match r {
         Ok(v) => panic!("expected an error, got Ok({v:?})"),
-        Err(e) => e.raw_os_error().unwrap_or_else(|| panic!("no errno in {e}")),
+        Err(e) => e
+            .raw_os_error()
+            .unwrap_or_else(|| panic!("no errno in {e}")),
     }
 }
 
@@ -310,4 +332,15 @@ pub fn drop_caches() {
     // SAFETY: sync has no preconditions.
     unsafe { libc::sync() };
     std::fs::write("/proc/sys/vm/drop_caches", "3").expect("drop caches (needs root)");
+}
+
+/// Whether a process has exited (gone, or a zombie waiting for its reaper).
+pub fn process_gone(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_none_or(|s| s == "Z" || s == "X"),
+        Err(_) => true,
+    }
 }

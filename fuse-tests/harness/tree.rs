@@ -49,7 +49,10 @@ fn xattrs(p: &Path, view: View) -> BTreeMap<String, String> {
     if n <= 0 {
         return out;
     }
-    for name in buf[..n as usize].split(|&b| b == 0).filter(|n| !n.is_empty()) {
+    for name in buf[..n as usize]
+        .split(|&b| b == 0)
+        .filter(|n| !n.is_empty())
+    {
         let name_s = String::from_utf8_lossy(name).to_string();
         let keep = match view {
             View::Merged => true,
@@ -69,7 +72,8 @@ fn xattrs(p: &Path, view: View) -> BTreeMap<String, String> {
         let cn = CString::new(name).unwrap();
         let mut v = vec![0u8; 65536];
         // SAFETY: valid buffers.
-        let len = unsafe { libc::lgetxattr(cp.as_ptr(), cn.as_ptr(), v.as_mut_ptr().cast(), v.len()) };
+        let len =
+            unsafe { libc::lgetxattr(cp.as_ptr(), cn.as_ptr(), v.as_mut_ptr().cast(), v.len()) };
         let value = if len >= 0 {
             String::from_utf8_lossy(&v[..len as usize]).to_string()
         } else {
@@ -77,7 +81,9 @@ fn xattrs(p: &Path, view: View) -> BTreeMap<String, String> {
         };
         // Opaque marks in any namespace are the same fact.
         let key = match name_s.as_str() {
-            "trusted.overlay.opaque" | "user.overlay.opaque" if view == View::Upper => "<opaque>".to_string(),
+            "trusted.overlay.opaque" | "user.overlay.opaque" if view == View::Upper => {
+                "<opaque>".to_string()
+            }
             _ => name_s,
         };
         out.insert(key, value);
@@ -100,7 +106,13 @@ pub fn snapshot(root: &Path, view: View) -> Snapshot {
     snap
 }
 
-fn walk(root: &Path, dir: &Path, view: View, snap: &mut Snapshot, groups: &mut BTreeMap<(u64, u64), String>) {
+fn walk(
+    root: &Path,
+    dir: &Path,
+    view: View,
+    snap: &mut Snapshot,
+    groups: &mut BTreeMap<(u64, u64), String>,
+) {
     let mut names: Vec<_> = std::fs::read_dir(dir)
         .unwrap_or_else(|e| panic!("read_dir {dir:?}: {e}"))
         .map(|e| e.expect("dir entry").file_name())
@@ -115,12 +127,19 @@ fn walk(root: &Path, dir: &Path, view: View, snap: &mut Snapshot, groups: &mut B
         if view == View::Upper {
             if let Some(target) = name_s.strip_prefix(".wh.") {
                 if target == ".wh..opq" {
-                    let parent = dir.strip_prefix(root).unwrap().to_string_lossy().to_string();
+                    let parent = dir
+                        .strip_prefix(root)
+                        .unwrap()
+                        .to_string_lossy()
+                        .to_string();
                     if let Some(e) = snap.0.get_mut(&parent) {
                         e.xattrs.insert("<opaque>".into(), "y".into());
                     }
                 } else {
-                    let rel = Path::new(&rel).with_file_name(target).to_string_lossy().to_string();
+                    let rel = Path::new(&rel)
+                        .with_file_name(target)
+                        .to_string_lossy()
+                        .to_string();
                     snap.0.insert(rel, whiteout_entry());
                 }
                 continue;
@@ -146,7 +165,12 @@ fn walk(root: &Path, dir: &Path, view: View, snap: &mut Snapshot, groups: &mut B
             'f'
         };
         let link_group = if kind != 'd' && md.nlink() > 1 {
-            Some(groups.entry((md.dev(), md.ino())).or_insert_with(|| rel.clone()).clone())
+            Some(
+                groups
+                    .entry((md.dev(), md.ino()))
+                    .or_insert_with(|| rel.clone())
+                    .clone(),
+            )
         } else {
             None
         };
@@ -158,11 +182,18 @@ fn walk(root: &Path, dir: &Path, view: View, snap: &mut Snapshot, groups: &mut B
             size: if kind == 'f' { md.size() } else { 0 },
             content: if kind == 'f' { content_hash(&p) } else { 0 },
             target: if kind == 'l' {
-                std::fs::read_link(&p).unwrap().to_string_lossy().to_string()
+                std::fs::read_link(&p)
+                    .unwrap()
+                    .to_string_lossy()
+                    .to_string()
             } else {
                 String::new()
             },
-            rdev: if kind == 'c' || kind == 'b' { md.rdev() } else { 0 },
+            rdev: if kind == 'c' || kind == 'b' {
+                md.rdev()
+            } else {
+                0
+            },
             xattrs: xattrs(&p, view),
             link_group,
         };
@@ -195,7 +226,9 @@ impl Snapshot {
         for (k, a) in &self.0 {
             match other.0.get(k) {
                 None => out.push(format!("only in left:  {k} {a:?}")),
-                Some(b) if a != b => out.push(format!("differs: {k}\n   left:  {a:?}\n   right: {b:?}")),
+                Some(b) if a != b => {
+                    out.push(format!("differs: {k}\n   left:  {a:?}\n   right: {b:?}"))
+                }
                 _ => {}
             }
         }
@@ -221,7 +254,11 @@ impl Snapshot {
 impl fmt::Display for Snapshot {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         for (k, e) in &self.0 {
-            writeln!(f, "{} {:o} {}:{} {} {}", e.kind, e.perm, e.uid, e.gid, e.size, k)?;
+            writeln!(
+                f,
+                "{} {:o} {}:{} {} {}",
+                e.kind, e.perm, e.uid, e.gid, e.size, k
+            )?;
         }
         Ok(())
     }
@@ -231,5 +268,10 @@ impl fmt::Display for Snapshot {
 #[track_caller]
 pub fn assert_same(what: &str, left: &Snapshot, right: &Snapshot) {
     let d = left.diff(right);
-    assert!(d.is_empty(), "{what}: trees differ ({} differences):\n{}", d.len(), d.join("\n"));
+    assert!(
+        d.is_empty(),
+        "{what}: trees differ ({} differences):\n{}",
+        d.len(),
+        d.join("\n")
+    );
 }

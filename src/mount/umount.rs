@@ -133,7 +133,23 @@ fn fusermount_u(mp: &Path, lazy: bool) -> Result<(), MountError> {
 
 fn wait_exit(pid: i32, limit: Duration) {
     let start = Instant::now();
-    while kill(Pid::from_raw(pid), None).is_ok() && start.elapsed() < limit {
-        std::thread::sleep(Duration::from_millis(5));
+    while is_running(pid) && start.elapsed() < limit {
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+/// Alive and not a zombie (an exited daemon waits for its reaper, which
+/// may be slow in a container; it holds nothing any more).
+fn is_running(pid: i32) -> bool {
+    if kill(Pid::from_raw(pid), None).is_err() {
+        return false;
+    }
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // "pid (comm) S ...": the state follows the last ')'.
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_some_and(|state| state != "Z" && state != "X"),
+        Err(_) => false,
     }
 }
