@@ -29,6 +29,13 @@ enum Cmd {
         lazy: bool,
         mountpoint: PathBuf,
     },
+    /// Show what a mount's daemon serves and holds.
+    Status {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+        mountpoint: PathBuf,
+    },
 }
 
 #[derive(Args, Debug)]
@@ -114,9 +121,38 @@ pub fn main() -> i32 {
     let result = match cli.command {
         Cmd::Mount(a) => mount_cmd(a),
         Cmd::Umount { lazy, mountpoint } => mount::umount(&mountpoint, lazy),
+        Cmd::Status { json, mountpoint } => {
+            mount::query_status(&mountpoint).map(|s| print_status(&s, json))
+        }
     };
     match result {
         Ok(()) => 0,
         Err(e) => super::fail("unionctl", e),
     }
+}
+
+fn print_status(s: &mount::Status, json: bool) {
+    if json {
+        println!("{}", serde_json::to_string_pretty(s).unwrap_or_default());
+        return;
+    }
+    println!("mountpoint:   {}", s.mountpoint.display());
+    println!("daemon pid:   {}", s.pid);
+    println!(
+        "layers:       {} lower{}",
+        s.lower_layers,
+        match &s.upper {
+            Some(u) => format!(", upper {}", u.display()),
+            None => ", read-only".to_string(),
+        }
+    );
+    println!("threads:      {}", s.threads);
+    println!("xattrs:       {}.overlay.*", s.xattr_namespace);
+    println!("passthrough:  {}", if s.passthrough { "on" } else { "off" });
+    println!("nodes:        {}", s.nodes);
+    println!("cached dirs:  {}", s.cached_dirs);
+    println!(
+        "memory:       {} KiB resident, {} KiB peak",
+        s.rss_kib, s.peak_rss_kib
+    );
 }

@@ -17,6 +17,7 @@ use nix::errno::Errno;
 use nix::sys::signal::{SigSet, Signal};
 use nix::unistd::{fork, setsid, ForkResult};
 
+use super::status::{Status, StatusSource};
 use super::{claim_workdir, MountError, Prepared};
 use crate::fuse::{FuseOptions, UnionFs};
 use crate::union::{Union, UnionConfig, Upper};
@@ -122,7 +123,7 @@ pub fn serve(
             return Err(e);
         }
     };
-    let (session, _workdir_lock) = session;
+    let (session, _workdir_lock, status) = session;
     if ready.is_some() {
         // Detaching: nothing may write to the caller's terminal any more.
         redirect_stdio(Some(
@@ -134,10 +135,10 @@ pub fn serve(
             tracing::warn!(path = %p.display(), error = %e, "cannot write pid file");
         }
     }
-    let _record = super::umount::MountRecord::create(&mountpoint);
+    let _record = super::record::MountRecord::create(&mountpoint);
     tracing::info!(mountpoint = %mountpoint.display(), "mounted");
     report(&mut ready, "ok\n");
-    spawn_signal_handler(mountpoint.clone());
+    spawn_signal_handler(mountpoint.clone(), status);
     let result = session
         .run()
         .map_err(|e| MountError::Mount(format!("FUSE session ended: {e}")));
@@ -148,7 +149,7 @@ pub fn serve(
     result
 }
 
-type Started = (fuser::Session<UnionFs>, Option<OwnedFd>);
+type Started = (fuser::Session<UnionFs>, Option<OwnedFd>, StatusSource);
 
 fn start(prepared: Prepared) -> Result<Started, MountError> {
     let o = &prepared.spec.options;
@@ -170,8 +171,26 @@ fn start(prepared: Prepared) -> Result<Started, MountError> {
     };
     let union = Union::new(prepared.lowers, upper, cfg)
         .map_err(|e| MountError::Mount(format!("cannot set up the union: {e}")))?;
+    let union = Arc::new(union);
+    let status = StatusSource {
+        union: union.clone(),
+        template: Status {
+            pid: std::process::id(),
+            mountpoint: prepared.mountpoint.clone(),
+            lower_layers: union.lower_count(),
+            upper: o.upper.clone().filter(|_| !read_only),
+            read_only,
+            threads: prepared.threads,
+            xattr_namespace: format!("{:?}", prepared.xattr_ns).to_lowercase(),
+            passthrough: false,
+            nodes: 0,
+            cached_dirs: 0,
+            rss_kib: 0,
+            peak_rss_kib: 0,
+        },
+    };
     let fs = UnionFs::new(
-        Arc::new(union),
+        union,
         FuseOptions {
             timeout: prepared.timeout,
             acl: o.acl,
@@ -192,7 +211,7 @@ fn start(prepared: Prepared) -> Result<Started, MountError> {
             let _ = nix::mount::umount2(&prepared.mountpoint, nix::mount::MntFlags::MNT_DETACH);
             MountError::Mount(format!("FUSE handshake failed: {e}"))
         })?;
-    Ok((session, lock))
+    Ok((session, lock, status))
 }
 
 fn open_dev_fuse() -> Result<OwnedFd, MountError> {
@@ -270,6 +289,7 @@ fn handled_signals() -> SigSet {
     set.add(Signal::SIGTERM);
     set.add(Signal::SIGINT);
     set.add(Signal::SIGHUP);
+    set.add(Signal::SIGUSR1);
     set
 }
 
@@ -277,19 +297,24 @@ fn block_signals() {
     let _ = handled_signals().thread_block();
 }
 
-/// On SIGTERM, SIGINT or SIGHUP: unmount (lazily, so open files do not keep
-/// the daemon alive), which ends the session loop.
-fn spawn_signal_handler(mountpoint: PathBuf) {
+/// SIGUSR1 writes the status. SIGTERM, SIGINT or SIGHUP unmount (lazily,
+/// so open files do not keep the daemon alive), which ends the session.
+fn spawn_signal_handler(mountpoint: PathBuf, status: StatusSource) {
     let spawned = std::thread::Builder::new()
         .name("signals".into())
-        .spawn(move || {
-            if let Ok(sig) = handled_signals().wait() {
-                tracing::info!(?sig, "unmounting on signal");
-                let c = CString::new(mountpoint.as_os_str().as_bytes()).unwrap_or_default();
-                // SAFETY: valid C string.
-                unsafe {
-                    libc::umount2(c.as_ptr(), libc::MNT_DETACH);
+        .spawn(move || loop {
+            match handled_signals().wait() {
+                Ok(Signal::SIGUSR1) => status.write(),
+                Ok(sig) => {
+                    tracing::info!(?sig, "unmounting on signal");
+                    let c = CString::new(mountpoint.as_os_str().as_bytes()).unwrap_or_default();
+                    // SAFETY: valid C string.
+                    unsafe {
+                        libc::umount2(c.as_ptr(), libc::MNT_DETACH);
+                    }
+                    return;
                 }
+                Err(_) => return,
             }
         });
     if let Err(e) = spawned {

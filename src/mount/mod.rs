@@ -7,6 +7,8 @@
 
 pub mod daemon;
 pub mod options;
+pub mod record;
+mod status;
 mod umount;
 
 use std::ffi::CString;
@@ -19,6 +21,7 @@ use std::time::Duration;
 use nix::errno::Errno;
 
 pub use options::Options;
+pub use status::{query_status, Status};
 pub use umount::umount;
 
 use crate::layer::whiteout::XattrNs;

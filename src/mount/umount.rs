@@ -1,72 +1,19 @@
-//! Unmounting, and the record that lets `umount` wait for the daemon.
-//!
-//! A live daemon keeps a small record (its pid and mountpoint) in the
-//! runtime directory. `umount` uses it to wait until the daemon has exited,
-//! so that the upper and work directories are quiet (and unlocked) when the
-//! command returns.
+//! Unmounting. `umount` waits until the daemon has exited (found through
+//! its [`MountRecord`]), so the upper and work directories are quiet and
+//! unlocked when the command returns.
 
 use std::ffi::CString;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
+
 use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
 use nix::sys::signal::kill;
 use nix::unistd::Pid;
 
+use super::record::MountRecord;
 use super::MountError;
-
-/// Where daemons leave their records.
-pub fn runtime_dir() -> PathBuf {
-    if nix::unistd::geteuid().is_root() {
-        return PathBuf::from("/run/layerfs");
-    }
-    match std::env::var_os("XDG_RUNTIME_DIR") {
-        Some(d) => PathBuf::from(d).join("layerfs"),
-        None => PathBuf::from(format!("/tmp/layerfs-{}", nix::unistd::geteuid())),
-    }
-}
-
-fn record_path(mountpoint: &Path) -> PathBuf {
-    // FNV-1a of the path: short, stable, no escaping needed.
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in mountpoint.as_os_str().as_bytes() {
-        h ^= u64::from(*b);
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
-    runtime_dir().join("mounts").join(format!("{h:016x}"))
-}
-
-/// The record of a live mount; removed when dropped.
-#[derive(Debug)]
-pub struct MountRecord {
-    path: PathBuf,
-}
-
-impl MountRecord {
-    pub fn create(mountpoint: &Path) -> Option<MountRecord> {
-        let path = record_path(mountpoint);
-        let dir = path.parent()?;
-        std::fs::create_dir_all(dir).ok()?;
-        let body = format!("{}\n{}\n", std::process::id(), mountpoint.display());
-        std::fs::write(&path, body).ok()?;
-        Some(MountRecord { path })
-    }
-
-    /// Pid of the daemon serving `mountpoint`, if it left a record.
-    pub fn daemon_pid(mountpoint: &Path) -> Option<i32> {
-        let body = std::fs::read_to_string(record_path(mountpoint)).ok()?;
-        let mut lines = body.lines();
-        let pid = lines.next()?.parse().ok()?;
-        (lines.next()? == mountpoint.to_string_lossy()).then_some(pid)
-    }
-}
-
-impl Drop for MountRecord {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.path);
-    }
-}
 
 /// Makes `p` absolute without resolving its last component (which may be a
 /// dead FUSE mount that cannot be stat'ed).

@@ -108,6 +108,13 @@ impl DirCache {
         shard.put(key, dir);
     }
 
+    pub fn len(&self) -> usize {
+        self.shards
+            .iter()
+            .map(|s| s.lock().unwrap_or_else(|p| p.into_inner()).len())
+            .sum()
+    }
+
     pub fn remove(&self, node: NodeId, loc: Loc) {
         let key = (node, loc);
         let mut shard = self.shard(&key).lock().unwrap_or_else(|p| p.into_inner());

@@ -243,6 +243,11 @@ impl Union {
         self.nodes.len()
     }
 
+    /// Layer directories currently held open.
+    pub fn cached_dirs(&self) -> usize {
+        self.dirs.len()
+    }
+
     pub fn node(&self, id: NodeId) -> Result<Arc<Node>> {
         self.nodes.get(id).ok_or(Errno::ESTALE)
     }
