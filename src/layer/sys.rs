@@ -177,9 +177,18 @@ pub fn utimensat_nofollow(
         (name.as_ptr(), libc::AT_SYMLINK_NOFOLLOW)
     };
     retry(|| {
+        // The raw syscall: glibc's wrapper rejects a NULL path.
         // SAFETY: `times` points at two timespecs; a NULL path is allowed.
-        let ret = unsafe { libc::utimensat(dir.as_raw_fd(), path, times.as_ptr(), flags) };
-        check(ret as libc::c_long).map(|_| ())
+        let ret = unsafe {
+            libc::syscall(
+                libc::SYS_utimensat,
+                dir.as_raw_fd(),
+                path,
+                times.as_ptr(),
+                flags,
+            )
+        };
+        check(ret).map(|_| ())
     })
 }
 

@@ -153,6 +153,9 @@ type Started = (fuser::Session<UnionFs>, Option<OwnedFd>, StatusSource);
 
 fn start(prepared: Prepared) -> Result<Started, MountError> {
     let o = &prepared.spec.options;
+    // Modes of new entries are computed from the caller's umask (or the
+    // parent's default ACL); our own umask must not mask them again.
+    nix::sys::stat::umask(nix::sys::stat::Mode::empty());
     let read_only = prepared.upper.is_none();
     let (upper, lock) = match prepared.upper {
         Some((layer, workdir)) => {

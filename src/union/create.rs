@@ -221,6 +221,10 @@ impl Union {
         if kind == Kind::Dir || kind == Kind::Symlink {
             return Err(Errno::EINVAL);
         }
+        if kind == Kind::CharDev && rdev == 0 {
+            // That is a whiteout; clients may not make one (overlayfs: EPERM).
+            return Err(Errno::EPERM);
+        }
         let perm = self.prepare_mode(&parent, mode, umask)?;
         let full = (mode & libc::S_IFMT) | perm;
         if kind == Kind::File {
