@@ -39,11 +39,24 @@ impl XattrNs {
         }
     }
 
-    /// Our own record of the inode a copied-up file came from.
+    /// Our own record of the inode number a copied-up file had. It lives
+    /// under the overlay prefix so that kernel overlayfs hides it too when
+    /// it mounts the same layers (and engines that tar an upper layer skip
+    /// it with the other overlay xattrs).
     pub fn origin(self) -> &'static CStr {
         match self {
-            XattrNs::Trusted => c"trusted.layerfs.origin",
-            XattrNs::User => c"user.layerfs.origin",
+            XattrNs::Trusted => c"trusted.overlay.layerfs.origin",
+            XattrNs::User => c"user.overlay.layerfs.origin",
+        }
+    }
+
+    /// The kernel's mark on an upper directory holding entries whose inode
+    /// numbers come from elsewhere (copied up or moved in), so `readdir`
+    /// must look them up to report `d_ino`.
+    pub fn impure(self) -> &'static CStr {
+        match self {
+            XattrNs::Trusted => c"trusted.overlay.impure",
+            XattrNs::User => c"user.overlay.impure",
         }
     }
 }
@@ -55,6 +68,12 @@ const OPAQUE_ATTRS: [&CStr; 3] = [
 ];
 const WHITEOUT_ATTRS: [&CStr; 2] = [c"trusted.overlay.whiteout", c"user.overlay.whiteout"];
 const XWHITEOUTS_ATTRS: [&CStr; 2] = [c"trusted.overlay.xwhiteouts", c"user.overlay.xwhiteouts"];
+const IMPURE_ATTRS: [&CStr; 2] = [c"trusted.overlay.impure", c"user.overlay.impure"];
+/// Where [`XattrNs::origin`] is read from, in either namespace.
+pub const ORIGIN_ATTRS: [&CStr; 2] = [
+    c"trusted.overlay.layerfs.origin",
+    c"user.overlay.layerfs.origin",
+];
 
 /// xattr names that belong to the union and are never shown to clients nor
 /// settable by them.
@@ -103,6 +122,8 @@ pub struct DirMarks {
     pub opaque: bool,
     /// May contain xattr whiteouts (`opaque=x`, or the `xwhiteouts` xattr).
     pub xwhiteouts: bool,
+    /// Holds entries with borrowed inode numbers (`impure`).
+    pub impure: bool,
 }
 
 /// Reads the marks of directory `name` in `parent` (or of `parent` itself
@@ -124,6 +145,8 @@ pub fn dir_marks(parent: &Dir, name: &CStr) -> SysResult<DirMarks> {
             }
         } else if XWHITEOUTS_ATTRS.iter().any(|o| o.to_bytes() == attr) {
             marks.xwhiteouts = true;
+        } else if IMPURE_ATTRS.iter().any(|o| o.to_bytes() == attr) {
+            marks.impure = true;
         }
     }
     if !marks.opaque {
@@ -206,6 +229,8 @@ mod tests {
         assert!(is_internal_xattr(b"user.overlay.redirect"));
         assert!(is_internal_xattr(b"user.fuseoverlayfs.opaque"));
         assert!(is_internal_xattr(b"trusted.layerfs.origin"));
+        assert!(is_internal_xattr(XattrNs::User.origin().to_bytes()));
+        assert!(is_internal_xattr(XattrNs::Trusted.impure().to_bytes()));
         assert!(!is_internal_xattr(b"user.mime_type"));
         assert!(!is_internal_xattr(b"security.capability"));
         assert!(!is_internal_xattr(b"system.posix_acl_access"));

@@ -157,10 +157,13 @@ const REFUSED: &[(&str, &str)] = &[
 ];
 
 /// Splits a comma-separated option string. Empty items (`a,,b`) are
-/// skipped; a comma can be escaped as `\,`.
+/// skipped; a comma can be escaped as `\,` or sit inside double quotes
+/// (`context="system_u:object_r:container_file_t:s0:c1,c2"`, as podman
+/// passes SELinux contexts).
 pub fn split_options(s: &str) -> Vec<String> {
     let mut out = Vec::new();
     let mut cur = String::new();
+    let mut quoted = false;
     let mut chars = s.chars();
     while let Some(c) = chars.next() {
         match c {
@@ -170,7 +173,11 @@ pub fn split_options(s: &str) -> Vec<String> {
                     cur.push(n);
                 }
             }
-            ',' => {
+            '"' => {
+                quoted = !quoted;
+                cur.push(c);
+            }
+            ',' if !quoted => {
                 if !cur.is_empty() {
                     out.push(std::mem::take(&mut cur));
                 }
@@ -331,6 +338,10 @@ mod tests {
         assert_eq!(split_options("a,,b,"), vec!["a", "b"]);
         assert_eq!(split_options(",,"), Vec::<String>::new());
         assert_eq!(split_options(r"x=a\,b,c"), vec![r"x=a\,b", "c"]);
+        assert_eq!(
+            split_options(r#"ro,context="u:r:t:s0:c1,c2",fsync=0"#),
+            vec!["ro", r#"context="u:r:t:s0:c1,c2""#, "fsync=0"]
+        );
     }
 
     #[test]

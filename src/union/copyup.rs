@@ -13,6 +13,7 @@ use std::sync::Arc;
 
 use nix::errno::Errno;
 
+use super::dircache::CachedDir;
 use super::node::{Loc, Node, RealId};
 use super::{Result, Union};
 use crate::layer::sys;
@@ -108,6 +109,9 @@ impl Union {
         }
         work.rename(&tmp, &dst_parent.dir, &name, libc::RENAME_NOREPLACE)?;
         guard.armed = false;
+        if !node.is_dir() {
+            self.mark_impure(&dst_parent);
+        }
 
         let new = dst_parent.dir.stat(&name)?.ok_or(Errno::EIO)?;
         {
@@ -160,9 +164,21 @@ impl Union {
         }
     }
 
+    /// Marks an upper directory as holding entries with borrowed inode
+    /// numbers (once; the cached directory remembers).
+    pub(super) fn mark_impure(&self, dir: &CachedDir) {
+        if dir.is_impure() {
+            return;
+        }
+        match dir.dir.set_xattr(c"", self.cfg.xattr_ns.impure(), b"y", 0) {
+            Ok(()) => dir.set_impure(),
+            Err(e) => tracing::debug!(error = %e, "impure mark not recorded"),
+        }
+    }
+
     /// The inode number recorded by [`Self::write_origin`], if any.
     pub(super) fn read_origin(&self, dir: &Dir, name: &CStr) -> Result<Option<u64>> {
-        for attr in [c"trusted.layerfs.origin", c"user.layerfs.origin"] {
+        for attr in whiteout::ORIGIN_ATTRS {
             match dir.get_xattr(name, attr) {
                 Ok(Some(v)) if v.len() == 8 => {
                     let mut b = [0u8; 8];

@@ -15,6 +15,7 @@ use std::collections::HashSet;
 use std::ffi::CStr;
 use std::hash::BuildHasher;
 use std::num::NonZeroUsize;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use lru::LruCache;
@@ -31,6 +32,8 @@ const SHARDS: usize = 16;
 pub struct CachedDir {
     pub dir: Dir,
     scan: OnceLock<DirScan>,
+    /// Marked impure by us since the scan.
+    impure: AtomicBool,
 }
 
 /// Facts about one layer directory that cost a full scan to learn.
@@ -47,6 +50,7 @@ impl CachedDir {
         CachedDir {
             dir,
             scan: OnceLock::new(),
+            impure: AtomicBool::new(false),
         }
     }
 
@@ -65,6 +69,15 @@ impl CachedDir {
             }
         }
         Ok(self.scan.get_or_init(|| scan))
+    }
+
+    /// Whether the directory holds entries with borrowed inode numbers.
+    pub fn is_impure(&self) -> bool {
+        self.impure.load(Ordering::Relaxed) || self.scan().is_ok_and(|s| s.marks.impure)
+    }
+
+    pub fn set_impure(&self) {
+        self.impure.store(true, Ordering::Relaxed);
     }
 
     /// Whether a `.wh.<name>` whiteout exists in this directory.

@@ -54,6 +54,8 @@ impl Union {
             let cd = self.dir(node, loc)?;
             let scan = cd.scan()?;
             let dev = self.layer(loc)?.dev();
+            // Copied-up or moved-in files keep the inode number they had.
+            let borrowed_inos = loc == Loc::Upper && cd.is_impure();
             for e in cd.dir.entries()? {
                 let name = e.name.to_bytes();
                 if whiteout::is_whiteout_name(name) {
@@ -84,10 +86,16 @@ impl Union {
                 if loc == Loc::Upper {
                     from_upper.insert(name.into(), out.len());
                 }
+                let mut ino = self.xino.ino(dev, e.ino);
+                if borrowed_inos && kind != Kind::Dir {
+                    if let Some(origin) = self.read_origin(&cd.dir, &e.name)? {
+                        ino = origin;
+                    }
+                }
                 out.push(DirEntry {
                     name: e.name,
                     kind,
-                    ino: self.xino.ino(dev, e.ino),
+                    ino,
                 });
                 if limit.is_some_and(|l| out.len() >= l) {
                     return Ok(out);

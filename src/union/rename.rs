@@ -116,6 +116,8 @@ impl Union {
             let d = dst_node.as_ref().ok_or(Errno::EIO)?;
             self.relink(&src_node, &parent, name, &newparent, newname);
             self.relink(d, &newparent, newname, &parent, name);
+            self.note_moved(&src_node, &newparent, newname)?;
+            self.note_moved(d, &parent, name)?;
             return Ok(());
         }
 
@@ -127,6 +129,21 @@ impl Union {
             self.unlink_node(d, &newparent, newname);
         }
         self.relink(&src_node, &parent, name, &newparent, newname);
+        self.note_moved(&src_node, &newparent, newname)
+    }
+
+    /// A file that arrives in a directory with an inode number it brought
+    /// from elsewhere makes that directory impure (see `mark_impure`).
+    fn note_moved(&self, node: &Arc<Node>, dir: &Arc<Node>, name: &CStr) -> Result<()> {
+        if node.is_dir() {
+            return Ok(());
+        }
+        let to = self.dir(dir, Loc::Upper)?;
+        if let Some(st) = to.dir.stat(name)? {
+            if self.st_ino(&st) != node.id {
+                self.mark_impure(&to);
+            }
+        }
         Ok(())
     }
 
