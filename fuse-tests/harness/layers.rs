@@ -72,6 +72,73 @@ pub fn set_xattr(p: &Path, name: &str, value: &[u8]) {
     );
 }
 
+/// Sets an xattr (not following symlinks), returning the error.
+pub fn try_set_xattr(p: &Path, name: &str, value: &[u8]) -> std::io::Result<()> {
+    let n = CString::new(name).unwrap();
+    // SAFETY: valid C strings and buffer.
+    let r = unsafe {
+        libc::lsetxattr(
+            c(p).as_ptr(),
+            n.as_ptr(),
+            value.as_ptr().cast(),
+            value.len(),
+            0,
+        )
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+/// Reads an xattr (not following symlinks).
+pub fn get_xattr(p: &Path, name: &str) -> std::io::Result<Vec<u8>> {
+    let n = CString::new(name).unwrap();
+    let mut buf = vec![0u8; 65536];
+    // SAFETY: valid C strings and buffer.
+    let r = unsafe {
+        libc::lgetxattr(
+            c(p).as_ptr(),
+            n.as_ptr(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+        )
+    };
+    if r < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    buf.truncate(r as usize);
+    Ok(buf)
+}
+
+/// The xattr names of an entry (not following symlinks).
+pub fn list_xattrs(p: &Path) -> std::io::Result<Vec<String>> {
+    let mut buf = vec![0u8; 65536];
+    // SAFETY: valid C string and buffer.
+    let r = unsafe { libc::llistxattr(c(p).as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+    if r < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(buf[..r as usize]
+        .split(|&b| b == 0)
+        .filter(|n| !n.is_empty())
+        .map(|n| String::from_utf8_lossy(n).into_owned())
+        .collect())
+}
+
+/// Removes an xattr (not following symlinks).
+pub fn remove_xattr(p: &Path, name: &str) -> std::io::Result<()> {
+    let n = CString::new(name).unwrap();
+    // SAFETY: valid C strings.
+    let r = unsafe { libc::lremovexattr(c(p).as_ptr(), n.as_ptr()) };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
 /// Writes entries into one layer directory.
 pub struct LayerBuilder {
     pub root: PathBuf,

@@ -8,6 +8,7 @@
 #![allow(dead_code)]
 
 pub mod layers;
+pub mod sys;
 pub mod tree;
 
 use std::ffi::CString;
@@ -17,7 +18,9 @@ use std::process::{Command, Output};
 use std::sync::Once;
 use std::time::{Duration, Instant};
 
-pub use layers::{LayerBuilder, OpaqueForm, WhiteoutForm};
+pub use layers::{
+    get_xattr, list_xattrs, remove_xattr, try_set_xattr, LayerBuilder, OpaqueForm, WhiteoutForm,
+};
 pub use tree::{assert_same, snapshot, Snapshot, View};
 
 /// Path of a binary built by this package.
@@ -252,10 +255,23 @@ impl Mounted {
             return;
         }
         self.live = false;
-        let out = match self.via {
+        let umount = || match self.via {
             Via::Kernel => run(Command::new("umount").arg(&self.mnt)),
             _ => run(Command::new(bin("unionctl")).arg("umount").arg(&self.mnt)),
         };
+        // EBUSY can be transient when tests run in parallel (kernel and FUSE
+        // mounts alike, gone 10 ms later with no process holding the mount):
+        // most likely a child another thread is spawning still holds copies
+        // of this thread's fds until it execs. Retry before calling it a failure.
+        let mut out = umount();
+        let start = Instant::now();
+        while !out.status.success()
+            && is_mountpoint(&self.mnt)
+            && start.elapsed() < Duration::from_secs(2)
+        {
+            std::thread::sleep(Duration::from_millis(20));
+            out = umount();
+        }
         assert!(
             out.status.success(),
             "unmount of {:?} failed: {}",
@@ -271,6 +287,19 @@ impl Mounted {
 
     pub fn p(&self, rel: &str) -> PathBuf {
         self.mnt.join(rel)
+    }
+
+    /// Lazily detaches a mount whose daemon is gone (killed), so the
+    /// mountpoint can be used again; the mount counts as unmounted after.
+    pub fn detach(&mut self) {
+        self.live = false;
+        let out = run(Command::new("umount").arg("-l").arg(&self.mnt));
+        assert!(
+            out.status.success(),
+            "umount -l {:?}: {}",
+            self.mnt,
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 
     /// The daemon's pid (layerfs mounts only).
@@ -295,9 +324,13 @@ pub fn daemon_pid_for(mnt: &Path) -> Option<i32> {
     let mnt = mnt.canonicalize().ok()?;
     let dir = Path::new("/run/layerfs/mounts");
     for e in std::fs::read_dir(dir).ok()?.flatten() {
+        // Other files may share the directory (status files, records being
+        // written): skip whatever is not a "PID\nMOUNTPOINT" record.
         let body = std::fs::read_to_string(e.path()).unwrap_or_default();
         let mut lines = body.lines();
-        let pid: i32 = lines.next()?.parse().ok()?;
+        let Some(Ok(pid)) = lines.next().map(str::parse::<i32>) else {
+            continue;
+        };
         if lines.next() == Some(mnt.to_str()?) {
             return Some(pid);
         }
@@ -328,10 +361,47 @@ pub fn errno_of<T: std::fmt::Debug>(r: std::io::Result<T>) -> i32 {
 }
 
 /// `echo 3 > /proc/sys/vm/drop_caches`: makes the kernel forget inodes.
+/// Waits while a test (of any test process) holds the caches steady
+/// ([`hold_caches`]).
 pub fn drop_caches() {
+    let _shared = caches_lock(libc::LOCK_SH);
+    drop_caches_now();
+}
+
+fn drop_caches_now() {
     // SAFETY: sync has no preconditions.
     unsafe { libc::sync() };
     std::fs::write("/proc/sys/vm/drop_caches", "3").expect("drop caches (needs root)");
+}
+
+/// A lock on a file beside the scratch dirs, shared by every test process
+/// on the machine: dropping caches takes it shared, holding them steady
+/// takes it exclusive.
+fn caches_lock(how: libc::c_int) -> std::fs::File {
+    let base = std::env::var_os("LAYERFS_TEST_TMP")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/tmp/layerfs-tests"));
+    std::fs::create_dir_all(&base).expect("create test base dir");
+    let f = std::fs::File::create(base.join(".drop_caches.lock")).expect("caches lock file");
+    // SAFETY: flock on an open fd; released when the file is closed.
+    let r = unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&f), how) };
+    assert_eq!(r, 0, "flock: {}", std::io::Error::last_os_error());
+    f
+}
+
+/// While alive, no test (of this or another test process) drops the
+/// kernel's caches: for measurements that depend on what it remembers.
+pub struct CachesHeld(std::fs::File);
+
+pub fn hold_caches() -> CachesHeld {
+    CachesHeld(caches_lock(libc::LOCK_EX))
+}
+
+impl CachesHeld {
+    /// Drops the caches; only the holder may.
+    pub fn drop_caches(&self) {
+        drop_caches_now();
+    }
 }
 
 /// Whether a process has exited (gone, or a zombie waiting for its reaper).
@@ -343,4 +413,42 @@ pub fn process_gone(pid: i32) -> bool {
             .is_none_or(|s| s == "Z" || s == "X"),
         Err(_) => true,
     }
+}
+
+/// A path as a C string.
+pub fn cpath(p: &Path) -> CString {
+    CString::new(p.as_os_str().as_bytes()).expect("path without NUL")
+}
+
+/// The names in a directory, sorted.
+pub fn ls(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("read_dir {dir:?}: {e}"))
+        .map(|e| {
+            e.expect("dir entry")
+                .file_name()
+                .to_string_lossy()
+                .into_owned()
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+/// Runs `argv` as user nobody (group nogroup, no supplementary groups).
+pub fn as_nobody(argv: &[&str]) -> Output {
+    run(Command::new("setpriv")
+        .args(["--reuid=nobody", "--regid=nogroup", "--clear-groups", "--"])
+        .args(argv))
+}
+
+/// The `VmRSS` of a process, in KiB.
+pub fn rss_kib(pid: i32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_else(|e| panic!("/proc/{pid}/status: {e}"));
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or_else(|| panic!("no VmRSS for {pid}"))
 }

@@ -58,6 +58,8 @@ fn xattrs(p: &Path, view: View) -> BTreeMap<String, String> {
             View::Merged => true,
             View::Upper => {
                 !(name_s.starts_with("trusted.layerfs.")
+                    || name_s.starts_with("trusted.overlay.layerfs.")
+                    || name_s.starts_with("user.overlay.layerfs.")
                     || name_s.starts_with("user.layerfs.")
                     || name_s == "trusted.overlay.origin"
                     || name_s == "trusted.overlay.impure"
@@ -118,6 +120,7 @@ fn walk(
         .map(|e| e.expect("dir entry").file_name())
         .collect();
     names.sort();
+    let present: std::collections::BTreeSet<_> = names.iter().cloned().collect();
     for name in names {
         let p = dir.join(&name);
         let rel = p.strip_prefix(root).unwrap().to_string_lossy().to_string();
@@ -135,6 +138,11 @@ fn walk(
                     if let Some(e) = snap.0.get_mut(&parent) {
                         e.xattrs.insert("<opaque>".into(), "y".into());
                     }
+                } else if present.contains(std::ffi::OsStr::new(target)) {
+                    // A `.wh.` marker beside a real entry of the same name
+                    // (a leftover): keep it under its own name, so that the
+                    // entry does not hide it.
+                    snap.0.insert(rel, whiteout_entry());
                 } else {
                     let rel = Path::new(&rel)
                         .with_file_name(target)
