@@ -5,6 +5,7 @@
 mod harness;
 
 mod cli;
+mod passthrough;
 mod reference;
 mod semantics;
 mod smoke;

@@ -93,9 +93,13 @@ fn mount_cmd(a: MountArgs) -> Result<(), mount::MountError> {
     })?;
     if a.verbose {
         eprintln!(
-            "mounting {} lower layer(s){} on {} with {} thread(s); overlay xattrs in {:?}; passthrough: off",
+            "mounting {} lower layer(s){} on {} with {} thread(s); overlay xattrs in {:?}",
             prepared.lowers.len(),
-            if prepared.upper.is_some() { " and an upper layer" } else { " read-only" },
+            if prepared.upper.is_some() {
+                " and an upper layer"
+            } else {
+                " read-only"
+            },
             prepared.mountpoint.display(),
             prepared.threads,
             prepared.xattr_ns,
@@ -104,6 +108,7 @@ fn mount_cmd(a: MountArgs) -> Result<(), mount::MountError> {
             eprintln!("option {adv}: accepted, no effect");
         }
     }
+    let mountpoint = prepared.mountpoint.clone();
     daemon::run(
         prepared,
         &DaemonOptions {
@@ -111,7 +116,17 @@ fn mount_cmd(a: MountArgs) -> Result<(), mount::MountError> {
             pid_file: a.pid_file,
             log_file: a.log_file,
         },
-    )
+    )?;
+    if a.verbose {
+        // The daemon knows what the kernel agreed to.
+        let s = mount::query_status(&mountpoint)?;
+        eprintln!(
+            "mounted; daemon pid {}; passthrough {}",
+            s.pid,
+            if s.passthrough { "on" } else { "off" }
+        );
+    }
+    Ok(())
 }
 
 /// Entry point of the `unionctl` binary.

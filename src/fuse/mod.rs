@@ -3,11 +3,12 @@
 //! the kernel cache policy; every rule about layers lives in the union core.
 
 mod convert;
+mod passthrough;
 
 use std::ffi::{CString, OsStr};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -21,6 +22,7 @@ use fuser::{
 
 use crate::union::{Caller, OpenDir, OpenFile, SetAttr, TimeSpec, Union, XattrReply};
 use convert::{errno, file_attr, file_type};
+use passthrough::{Backings, Decision};
 
 /// Kernel-facing knobs.
 #[derive(Debug, Clone)]
@@ -29,6 +31,9 @@ pub struct FuseOptions {
     pub timeout: Duration,
     /// Let the kernel enforce POSIX ACLs stored in xattrs.
     pub acl: bool,
+    /// Use FUSE passthrough where the kernel offers it (the daemon must be
+    /// privileged in the initial user namespace).
+    pub passthrough: bool,
 }
 
 impl Default for FuseOptions {
@@ -36,17 +41,28 @@ impl Default for FuseOptions {
         FuseOptions {
             timeout: Duration::from_secs(1),
             acl: true,
+            passthrough: false,
         }
     }
+}
+
+/// An open file handle.
+struct Handle {
+    file: Arc<OpenFile>,
+    /// Counted in `backings` (passthrough in use for this mount).
+    counted: bool,
 }
 
 /// A [`Union`] served over FUSE.
 pub struct UnionFs {
     union: Arc<Union>,
     opts: FuseOptions,
-    files: DashMap<u64, Arc<OpenFile>>,
+    files: DashMap<u64, Handle>,
     dirs: DashMap<u64, Arc<OpenDir>>,
     next_fh: AtomicU64,
+    backings: Backings,
+    /// Passthrough was negotiated with the kernel.
+    passthrough: Arc<AtomicBool>,
 }
 
 fn caller(req: &Request) -> Caller {
@@ -78,7 +94,51 @@ impl UnionFs {
             files: DashMap::new(),
             dirs: DashMap::new(),
             next_fh: AtomicU64::new(1),
+            backings: Backings::default(),
+            passthrough: Arc::new(AtomicBool::new(false)),
         }
+    }
+
+    /// Set once the kernel agreed to passthrough; shared with the status.
+    pub fn passthrough_flag(&self) -> Arc<AtomicBool> {
+        self.passthrough.clone()
+    }
+
+    /// Registers an open handle and decides how the kernel reaches its
+    /// data. `register` makes a backing id for the file when needed.
+    fn add_handle(
+        &self,
+        file: OpenFile,
+        register: impl FnOnce(&OpenFile) -> std::io::Result<fuser::BackingId>,
+    ) -> Result<(u64, Option<Arc<fuser::BackingId>>), fuser::Errno> {
+        let fh = self.fh();
+        if !self.passthrough.load(Ordering::Relaxed) {
+            self.files.insert(
+                fh,
+                Handle {
+                    file: Arc::new(file),
+                    counted: false,
+                },
+            );
+            return Ok((fh, None));
+        }
+        let node = file.node().id;
+        let backing = match self
+            .backings
+            .acquire(node, file.in_upper(), || register(&file))
+        {
+            Decision::Passthrough(id) => Some(id),
+            Decision::Cached => None,
+            Decision::Conflict => return Err(fuser::Errno::ETXTBSY),
+        };
+        self.files.insert(
+            fh,
+            Handle {
+                file: Arc::new(file),
+                counted: true,
+            },
+        );
+        Ok((fh, backing))
     }
 
     pub fn union(&self) -> &Arc<Union> {
@@ -92,7 +152,7 @@ impl UnionFs {
     fn file(&self, fh: FileHandle) -> Result<Arc<OpenFile>, fuser::Errno> {
         self.files
             .get(&fh.0)
-            .map(|f| f.clone())
+            .map(|h| h.file.clone())
             .ok_or(fuser::Errno::EBADF)
     }
 
@@ -118,7 +178,7 @@ impl UnionFs {
         }
     }
 
-    fn open_flags(&self, file: &OpenFile) -> FopenFlags {
+    fn cache_flags(&self, file: &OpenFile) -> FopenFlags {
         // Lower files never change under us: keep their cached pages.
         if !file.is_writable() && !file.node().state().upper {
             FopenFlags::FOPEN_KEEP_CACHE
@@ -140,10 +200,19 @@ impl Filesystem for UnionFs {
         if self.opts.acl {
             wanted |= InitFlags::FUSE_POSIX_ACL;
         }
+        if self.opts.passthrough && config.capabilities().contains(InitFlags::FUSE_PASSTHROUGH) {
+            // Depth 1: backing files must not sit on a stacked filesystem,
+            // and layerfs itself may be a lower layer of an overlay.
+            if config.set_max_stack_depth(1).is_ok() {
+                wanted |= InitFlags::FUSE_PASSTHROUGH;
+            }
+        }
         let supported = config.capabilities() & wanted;
         if let Err(missing) = config.add_capabilities(supported) {
             tracing::warn!(?missing, "kernel refused FUSE capabilities");
         }
+        let passthrough = supported.contains(InitFlags::FUSE_PASSTHROUGH);
+        self.passthrough.store(passthrough, Ordering::Relaxed);
         let _ = config.set_max_write(1 << 20);
         let _ = config.set_max_readahead(1 << 20);
         let _ = config.set_max_background(64);
@@ -164,7 +233,7 @@ impl Filesystem for UnionFs {
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
-        let file = fh.and_then(|fh| self.files.get(&fh.0).map(|f| f.clone()));
+        let file = fh.and_then(|fh| self.files.get(&fh.0).map(|h| h.file.clone()));
         match self.union.getattr(ino.0, file.as_deref()) {
             Ok(attr) => reply.attr(self.ttl(), &file_attr(&attr)),
             Err(e) => reply.error(errno(e)),
@@ -197,7 +266,7 @@ impl Filesystem for UnionFs {
             atime: time_spec(atime),
             mtime: time_spec(mtime),
         };
-        let file = fh.and_then(|fh| self.files.get(&fh.0).map(|f| f.clone()));
+        let file = fh.and_then(|fh| self.files.get(&fh.0).map(|h| h.file.clone()));
         match self
             .union
             .setattr(ino.0, &change, file.as_deref(), &caller(req))
@@ -321,14 +390,17 @@ impl Filesystem for UnionFs {
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        match self.union.open(ino.0, flags.0) {
-            Ok(file) => {
-                let fh = self.fh();
-                let fopen = self.open_flags(&file);
-                self.files.insert(fh, Arc::new(file));
-                reply.opened(FileHandle(fh), fopen);
+        let file = match self.union.open(ino.0, flags.0) {
+            Ok(f) => f,
+            Err(e) => return reply.error(errno(e)),
+        };
+        let cache = self.cache_flags(&file);
+        match self.add_handle(file, |f| reply.open_backing(f.fd().as_ref())) {
+            Ok((fh, Some(id))) => {
+                reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), &id)
             }
-            Err(e) => reply.error(errno(e)),
+            Ok((fh, None)) => reply.opened(FileHandle(fh), cache),
+            Err(e) => reply.error(e),
         }
     }
 
@@ -397,7 +469,11 @@ impl Filesystem for UnionFs {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        self.files.remove(&fh.0);
+        if let Some((_, h)) = self.files.remove(&fh.0) {
+            if h.counted {
+                self.backings.release(h.file.node().id);
+            }
+        }
         reply.ok();
     }
 
@@ -629,10 +705,24 @@ impl Filesystem for UnionFs {
             .create(parent.0, &name, mode, umask, flags, &caller(req))
         {
             Ok((_, attr, file)) => {
-                let fh = self.fh();
-                let fopen = self.open_flags(&file);
-                self.files.insert(fh, Arc::new(file));
-                reply.created(self.ttl(), &file_attr(&attr), GEN, FileHandle(fh), fopen);
+                let cache = self.cache_flags(&file);
+                let attr = file_attr(&attr);
+                match self.add_handle(file, |f| reply.open_backing(f.fd().as_ref())) {
+                    Ok((fh, Some(id))) => reply.created_passthrough(
+                        self.ttl(),
+                        &attr,
+                        GEN,
+                        FileHandle(fh),
+                        FopenFlags::empty(),
+                        &id,
+                    ),
+                    Ok((fh, None)) => reply.created(self.ttl(), &attr, GEN, FileHandle(fh), cache),
+                    Err(e) => {
+                        // The entry exists now; the kernel drops its
+                        // reference with a FORGET.
+                        reply.error(e)
+                    }
+                }
             }
             Err(e) => reply.error(errno(e)),
         }

@@ -175,30 +175,37 @@ fn start(prepared: Prepared) -> Result<Started, MountError> {
     let union = Union::new(prepared.lowers, upper, cfg)
         .map_err(|e| MountError::Mount(format!("cannot set up the union: {e}")))?;
     let union = Arc::new(union);
-    let status = StatusSource {
-        union: union.clone(),
-        template: Status {
-            pid: std::process::id(),
-            mountpoint: prepared.mountpoint.clone(),
-            lower_layers: union.lower_count(),
-            upper: o.upper.clone().filter(|_| !read_only),
-            read_only,
-            threads: prepared.threads,
-            xattr_namespace: format!("{:?}", prepared.xattr_ns).to_lowercase(),
-            passthrough: false,
-            nodes: 0,
-            cached_dirs: 0,
-            rss_kib: 0,
-            peak_rss_kib: 0,
-        },
+    let template = Status {
+        pid: std::process::id(),
+        mountpoint: prepared.mountpoint.clone(),
+        lower_layers: union.lower_count(),
+        upper: o.upper.clone().filter(|_| !read_only),
+        read_only,
+        threads: prepared.threads,
+        xattr_namespace: format!("{:?}", prepared.xattr_ns).to_lowercase(),
+        passthrough: false,
+        nodes: 0,
+        cached_dirs: 0,
+        rss_kib: 0,
+        peak_rss_kib: 0,
     };
     let fs = UnionFs::new(
-        union,
+        union.clone(),
         FuseOptions {
             timeout: prepared.timeout,
             acl: o.acl,
+            // The kernel only lets a daemon with CAP_SYS_ADMIN in the
+            // initial user namespace register backing files.
+            passthrough: o.passthrough
+                && nix::unistd::geteuid().is_root()
+                && super::in_initial_user_ns(),
         },
     );
+    let status = StatusSource {
+        union,
+        template,
+        passthrough: fs.passthrough_flag(),
+    };
 
     // Signals must be blocked before the session's threads exist, so that
     // only the handler thread receives them.

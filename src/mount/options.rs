@@ -25,6 +25,8 @@ pub struct Options {
     /// Write overlay xattrs in `user.` (`userxattr`).
     pub userxattr: bool,
     pub static_nlink: bool,
+    /// Use FUSE passthrough where possible (`passthrough=0` turns it off).
+    pub passthrough: bool,
     pub allow_other: bool,
     pub allow_root: bool,
     pub suid: bool,
@@ -54,6 +56,7 @@ impl Default for Options {
             threads: None,
             userxattr: false,
             static_nlink: false,
+            passthrough: true,
             allow_other: true,
             allow_root: false,
             suid: true,
@@ -269,6 +272,7 @@ impl Options {
             "acl" => self.acl = true,
             "userxattr" => self.userxattr = true,
             "static_nlink" => self.static_nlink = true,
+            "passthrough" => self.passthrough = flag(value, key)?,
             "timeout" => {
                 let v = need(key, value)?;
                 let secs: f64 = v

@@ -3,6 +3,7 @@
 //! `unionctl status`.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -37,6 +38,8 @@ pub struct Status {
 pub struct StatusSource {
     pub union: Arc<Union>,
     pub template: Status,
+    /// Set once the kernel agreed to passthrough.
+    pub passthrough: Arc<AtomicBool>,
 }
 
 fn proc_status_kib(field: &str) -> u64 {
@@ -56,6 +59,7 @@ impl StatusSource {
         Status {
             nodes: self.union.node_count(),
             cached_dirs: self.union.cached_dirs(),
+            passthrough: self.passthrough.load(Ordering::Relaxed),
             rss_kib: proc_status_kib("VmRSS:"),
             peak_rss_kib: proc_status_kib("VmHWM:"),
             ..self.template.clone()

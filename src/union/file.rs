@@ -46,6 +46,11 @@ impl OpenFile {
         self.fd.read().unwrap_or_else(|p| p.into_inner()).1
     }
 
+    /// Whether the backing fd is the upper layer's copy.
+    pub fn in_upper(&self) -> bool {
+        self.loc() == Loc::Upper
+    }
+
     pub fn is_writable(&self) -> bool {
         self.flags & libc::O_ACCMODE != libc::O_RDONLY
     }
