@@ -20,7 +20,7 @@ use fuser::{
     ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 
-use crate::union::{Caller, OpenDir, OpenFile, SetAttr, TimeSpec, Union, XattrReply};
+use crate::union::{Attr, Caller, Node, OpenDir, OpenFile, SetAttr, TimeSpec, Union, XattrReply};
 use convert::{errno, file_attr, file_type};
 use passthrough::{Backings, Decision};
 
@@ -77,6 +77,28 @@ fn cname(name: &OsStr) -> Result<CString, fuser::Errno> {
     CString::new(name.as_bytes()).map_err(|_| fuser::Errno::EINVAL)
 }
 
+/// Attributes of a negative entry (node id 0).
+fn negative_attr() -> fuser::FileAttr {
+    let t = std::time::UNIX_EPOCH;
+    fuser::FileAttr {
+        ino: INodeNo(0),
+        size: 0,
+        blocks: 0,
+        atime: t,
+        mtime: t,
+        ctime: t,
+        crtime: t,
+        kind: fuser::FileType::RegularFile,
+        perm: 0,
+        nlink: 0,
+        uid: 0,
+        gid: 0,
+        rdev: 0,
+        blksize: 0,
+        flags: 0,
+    }
+}
+
 fn time_spec(t: Option<TimeOrNow>) -> Option<TimeSpec> {
     t.map(|t| match t {
         TimeOrNow::Now => TimeSpec::Now,
@@ -85,6 +107,11 @@ fn time_spec(t: Option<TimeOrNow>) -> Option<TimeSpec> {
 }
 
 const GEN: Generation = Generation(0);
+
+/// Cache time for names and attributes that only immutable lower layers
+/// hold, and for names that do not exist (a create goes through the kernel,
+/// which drops the negative entry).
+const LOWER_TTL: Duration = Duration::from_secs(24 * 3600);
 
 impl UnionFs {
     pub fn new(union: Arc<Union>, opts: FuseOptions) -> UnionFs {
@@ -167,13 +194,28 @@ impl UnionFs {
         &self.opts.timeout
     }
 
-    fn reply_entry(
-        &self,
-        reply: ReplyEntry,
-        r: crate::union::Result<(Arc<crate::union::Node>, crate::union::Attr)>,
-    ) {
+    /// How long the kernel may cache a node's name and attributes. Only
+    /// this mount changes the union and the kernel invalidates what it
+    /// changes, so caching is safe; objects that live only in immutable
+    /// lower layers are cached for long, upper ones for `timeout=`.
+    fn ttl_of(&self, node: &Node) -> &Duration {
+        if node.state().upper {
+            &self.opts.timeout
+        } else {
+            &LOWER_TTL
+        }
+    }
+
+    fn ttl_of_id(&self, id: u64) -> &Duration {
+        match self.union.node(id) {
+            Ok(n) if !n.state().upper => &LOWER_TTL,
+            _ => &self.opts.timeout,
+        }
+    }
+
+    fn reply_entry(&self, reply: ReplyEntry, r: crate::union::Result<(Arc<Node>, Attr)>) {
         match r {
-            Ok((_, attr)) => reply.entry(self.ttl(), &file_attr(&attr), GEN),
+            Ok((node, attr)) => reply.entry(self.ttl_of(&node), &file_attr(&attr), GEN),
             Err(e) => reply.error(errno(e)),
         }
     }
@@ -225,7 +267,11 @@ impl Filesystem for UnionFs {
             Ok(n) => n,
             Err(e) => return reply.error(e),
         };
-        self.reply_entry(reply, self.union.lookup(parent.0, &name));
+        match self.union.lookup(parent.0, &name) {
+            // A negative entry: the kernel remembers the name is absent.
+            Err(nix::errno::Errno::ENOENT) => reply.entry(&LOWER_TTL, &negative_attr(), GEN),
+            r => self.reply_entry(reply, r),
+        }
     }
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
@@ -235,7 +281,7 @@ impl Filesystem for UnionFs {
     fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
         let file = fh.and_then(|fh| self.files.get(&fh.0).map(|h| h.file.clone()));
         match self.union.getattr(ino.0, file.as_deref()) {
-            Ok(attr) => reply.attr(self.ttl(), &file_attr(&attr)),
+            Ok(attr) => reply.attr(self.ttl_of_id(ino.0), &file_attr(&attr)),
             Err(e) => reply.error(errno(e)),
         }
     }
@@ -580,7 +626,7 @@ impl Filesystem for UnionFs {
                         INodeNo(node.id),
                         idx + 1,
                         OsStr::from_bytes(e.name.to_bytes()),
-                        self.ttl(),
+                        self.ttl_of(&node),
                         &file_attr(&attr),
                         GEN,
                     );
