@@ -1,6 +1,11 @@
 //! Conversions between union types and the FUSE library's.
 
-use fuser::{FileAttr, FileType, INodeNo};
+use std::ffi::{CString, OsStr};
+use std::os::unix::ffi::OsStrExt;
+
+use fuser::{FileAttr, FileType, INodeNo, Request, TimeOrNow};
+
+use crate::union::{Caller, TimeSpec};
 
 use crate::layer::Kind;
 use crate::union::Attr;
@@ -39,4 +44,45 @@ pub fn file_attr(a: &Attr) -> FileAttr {
         blksize: a.blksize,
         flags: 0,
     }
+}
+
+pub(super) fn caller(req: &Request) -> Caller {
+    Caller {
+        uid: req.uid(),
+        gid: req.gid(),
+        pid: req.pid(),
+    }
+}
+
+pub(super) fn cname(name: &OsStr) -> Result<CString, fuser::Errno> {
+    CString::new(name.as_bytes()).map_err(|_| fuser::Errno::EINVAL)
+}
+
+/// Attributes of a negative entry (node id 0).
+pub(super) fn negative_attr() -> fuser::FileAttr {
+    let t = std::time::UNIX_EPOCH;
+    fuser::FileAttr {
+        ino: INodeNo(0),
+        size: 0,
+        blocks: 0,
+        atime: t,
+        mtime: t,
+        ctime: t,
+        crtime: t,
+        kind: fuser::FileType::RegularFile,
+        perm: 0,
+        nlink: 0,
+        uid: 0,
+        gid: 0,
+        rdev: 0,
+        blksize: 0,
+        flags: 0,
+    }
+}
+
+pub(super) fn time_spec(t: Option<TimeOrNow>) -> Option<TimeSpec> {
+    t.map(|t| match t {
+        TimeOrNow::Now => TimeSpec::Now,
+        TimeOrNow::SpecificTime(t) => TimeSpec::At(t),
+    })
 }

@@ -3,9 +3,10 @@
 //! the kernel cache policy; every rule about layers lives in the union core.
 
 mod convert;
+mod handles;
 mod passthrough;
 
-use std::ffi::{CString, OsStr};
+use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -20,9 +21,10 @@ use fuser::{
     ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 
-use crate::union::{Attr, Caller, Node, OpenDir, OpenFile, SetAttr, TimeSpec, Union, XattrReply};
-use convert::{errno, file_attr, file_type};
-use passthrough::{Backings, Decision};
+use crate::union::{Attr, Node, OpenDir, SetAttr, Union, XattrReply};
+use convert::{caller, cname, errno, file_attr, file_type, negative_attr, time_spec};
+use handles::Handle;
+use passthrough::Backings;
 
 /// Kernel-facing knobs.
 #[derive(Debug, Clone)]
@@ -46,13 +48,6 @@ impl Default for FuseOptions {
     }
 }
 
-/// An open file handle.
-struct Handle {
-    file: Arc<OpenFile>,
-    /// Counted in `backings` (passthrough in use for this mount).
-    counted: bool,
-}
-
 /// A [`Union`] served over FUSE.
 pub struct UnionFs {
     union: Arc<Union>,
@@ -63,47 +58,6 @@ pub struct UnionFs {
     backings: Backings,
     /// Passthrough was negotiated with the kernel.
     passthrough: Arc<AtomicBool>,
-}
-
-fn caller(req: &Request) -> Caller {
-    Caller {
-        uid: req.uid(),
-        gid: req.gid(),
-        pid: req.pid(),
-    }
-}
-
-fn cname(name: &OsStr) -> Result<CString, fuser::Errno> {
-    CString::new(name.as_bytes()).map_err(|_| fuser::Errno::EINVAL)
-}
-
-/// Attributes of a negative entry (node id 0).
-fn negative_attr() -> fuser::FileAttr {
-    let t = std::time::UNIX_EPOCH;
-    fuser::FileAttr {
-        ino: INodeNo(0),
-        size: 0,
-        blocks: 0,
-        atime: t,
-        mtime: t,
-        ctime: t,
-        crtime: t,
-        kind: fuser::FileType::RegularFile,
-        perm: 0,
-        nlink: 0,
-        uid: 0,
-        gid: 0,
-        rdev: 0,
-        blksize: 0,
-        flags: 0,
-    }
-}
-
-fn time_spec(t: Option<TimeOrNow>) -> Option<TimeSpec> {
-    t.map(|t| match t {
-        TimeOrNow::Now => TimeSpec::Now,
-        TimeOrNow::SpecificTime(t) => TimeSpec::At(t),
-    })
 }
 
 const GEN: Generation = Generation(0);
@@ -126,68 +80,13 @@ impl UnionFs {
         }
     }
 
-    /// Set once the kernel agreed to passthrough; shared with the status.
-    pub fn passthrough_flag(&self) -> Arc<AtomicBool> {
-        self.passthrough.clone()
-    }
-
-    /// Registers an open handle and decides how the kernel reaches its
-    /// data. `register` makes a backing id for the file when needed.
-    fn add_handle(
-        &self,
-        file: OpenFile,
-        register: impl FnOnce(&OpenFile) -> std::io::Result<fuser::BackingId>,
-    ) -> Result<(u64, Option<Arc<fuser::BackingId>>), fuser::Errno> {
-        let fh = self.fh();
-        if !self.passthrough.load(Ordering::Relaxed) {
-            self.files.insert(
-                fh,
-                Handle {
-                    file: Arc::new(file),
-                    counted: false,
-                },
-            );
-            return Ok((fh, None));
-        }
-        let node = file.node().id;
-        let backing = match self
-            .backings
-            .acquire(node, file.in_upper(), || register(&file))
-        {
-            Decision::Passthrough(id) => Some(id),
-            Decision::Cached => None,
-            Decision::Conflict => return Err(fuser::Errno::ETXTBSY),
-        };
-        self.files.insert(
-            fh,
-            Handle {
-                file: Arc::new(file),
-                counted: true,
-            },
-        );
-        Ok((fh, backing))
-    }
-
     pub fn union(&self) -> &Arc<Union> {
         &self.union
     }
 
-    fn fh(&self) -> u64 {
-        self.next_fh.fetch_add(1, Ordering::Relaxed)
-    }
-
-    fn file(&self, fh: FileHandle) -> Result<Arc<OpenFile>, fuser::Errno> {
-        self.files
-            .get(&fh.0)
-            .map(|h| h.file.clone())
-            .ok_or(fuser::Errno::EBADF)
-    }
-
-    fn dir(&self, fh: FileHandle) -> Result<Arc<OpenDir>, fuser::Errno> {
-        self.dirs
-            .get(&fh.0)
-            .map(|d| d.clone())
-            .ok_or(fuser::Errno::EBADF)
+    /// Set once the kernel agreed to passthrough; shared with the status.
+    pub fn passthrough_flag(&self) -> Arc<AtomicBool> {
+        self.passthrough.clone()
     }
 
     fn ttl(&self) -> &Duration {
@@ -217,15 +116,6 @@ impl UnionFs {
         match r {
             Ok((node, attr)) => reply.entry(self.ttl_of(&node), &file_attr(&attr), GEN),
             Err(e) => reply.error(errno(e)),
-        }
-    }
-
-    fn cache_flags(&self, file: &OpenFile) -> FopenFlags {
-        // Lower files never change under us: keep their cached pages.
-        if !file.is_writable() && !file.node().state().upper {
-            FopenFlags::FOPEN_KEEP_CACHE
-        } else {
-            FopenFlags::empty()
         }
     }
 }
