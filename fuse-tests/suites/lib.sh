@@ -84,7 +84,9 @@ union_mount() {
         overlay) mount -t overlay overlay \
             -o "lowerdir=$LOWER,upperdir=$UPPER,workdir=$WORK${OVERLAY_OPTS:+,$OVERLAY_OPTS}" "$MNT" ;;
         layerfs) check_dev_fuse
-            "$UNIONCTL" mount --lower "$LOWER" --upper "$UPPER" --work "$WORK" "$MNT" ;;
+            # LAYERFS_OPTS: extra -o options (e.g. passthrough=0 for the non-passthrough path)
+            "$UNIONCTL" mount --lower "$LOWER" --upper "$UPPER" --work "$WORK" \
+                ${LAYERFS_OPTS:+-o "$LAYERFS_OPTS"} "$MNT" ;;
     esac
     is_mounted "$MNT" || die "$TARGET mount at $MNT did not appear"
     log "mounted: $(findmnt -n -o FSTYPE,OPTIONS "$MNT")"

@@ -36,6 +36,8 @@ pub struct FuseOptions {
     /// Use FUSE passthrough where the kernel offers it (the daemon must be
     /// privileged in the initial user namespace).
     pub passthrough: bool,
+    /// Let the kernel cache writes when passthrough is off.
+    pub writeback: bool,
 }
 
 impl Default for FuseOptions {
@@ -44,6 +46,7 @@ impl Default for FuseOptions {
             timeout: Duration::from_secs(1),
             acl: true,
             passthrough: false,
+            writeback: true,
         }
     }
 }
@@ -145,6 +148,17 @@ impl Filesystem for UnionFs {
         }
         let passthrough = supported.contains(InitFlags::FUSE_PASSTHROUGH);
         self.passthrough.store(passthrough, Ordering::Relaxed);
+        // Without passthrough every write is a round trip; let the kernel
+        // gather them in its page cache instead. (The two exclude each
+        // other in the kernel.)
+        if !passthrough
+            && self.opts.writeback
+            && config
+                .add_capabilities(InitFlags::FUSE_WRITEBACK_CACHE)
+                .is_ok()
+        {
+            tracing::debug!("writeback cache on");
+        }
         let _ = config.set_max_write(1 << 20);
         let _ = config.set_max_readahead(1 << 20);
         let _ = config.set_max_background(64);

@@ -199,6 +199,7 @@ fn start(prepared: Prepared) -> Result<Started, MountError> {
             passthrough: o.passthrough
                 && nix::unistd::geteuid().is_root()
                 && super::in_initial_user_ns(),
+            writeback: o.writeback,
         },
     );
     let status = StatusSource {

@@ -27,6 +27,8 @@ pub struct Options {
     pub static_nlink: bool,
     /// Use FUSE passthrough where possible (`passthrough=0` turns it off).
     pub passthrough: bool,
+    /// Kernel writeback cache when passthrough is off (`writeback=0`).
+    pub writeback: bool,
     pub allow_other: bool,
     pub allow_root: bool,
     pub suid: bool,
@@ -57,6 +59,7 @@ impl Default for Options {
             userxattr: false,
             static_nlink: false,
             passthrough: true,
+            writeback: true,
             allow_other: true,
             allow_root: false,
             suid: true,
@@ -78,10 +81,6 @@ pub const ADVISORY: &[(&str, &str)] = &[
     (
         "default_permissions",
         "always on: the kernel checks permissions",
-    ),
-    (
-        "writeback",
-        "cache tuning; layerfs picks its own cache policy",
     ),
     (
         "max_write",
@@ -273,6 +272,7 @@ impl Options {
             "userxattr" => self.userxattr = true,
             "static_nlink" => self.static_nlink = true,
             "passthrough" => self.passthrough = flag(value, key)?,
+            "writeback" => self.writeback = flag(value, key)?,
             "timeout" => {
                 let v = need(key, value)?;
                 let secs: f64 = v
@@ -397,6 +397,8 @@ mod tests {
         assert!(o.apply("noxattrs=1").is_err());
         o.apply("noxattrs=0,writeback=1,max_write=131072,default_permissions")
             .unwrap();
-        assert_eq!(o.advisory.len(), 3);
+        assert_eq!(o.advisory.len(), 2);
+        o.apply("writeback=0").unwrap();
+        assert!(!o.writeback);
     }
 }
