@@ -5,6 +5,7 @@
 mod harness;
 
 mod cli;
+mod metacopy;
 mod passthrough;
 mod reference;
 mod semantics;

@@ -564,13 +564,16 @@ fn run_script(s: &Scratch, via: Via, wh: WhiteoutForm, script: fn(&Path) -> Log)
     let m = s.dir(&format!("{tag}-mnt"));
     // With FUSE passthrough the kernel cannot switch a file that read-only
     // handles pass through to its lower copy over to the upper copy, so a
-    // writer meeting such a handle gets ETXTBSY (semantics::io tests that);
-    // the kernel's exact behaviour, which the script checks, is layerfs's
-    // with passthrough off.
+    // writer meeting such a handle gets ETXTBSY (the passthrough tests check
+    // that); the kernel's exact behaviour, which the script checks, is
+    // layerfs's with passthrough off. The reference kernel copies data up
+    // in full (metacopy=off, as it must with redirect_dir=off), so layerfs
+    // does too here; the metacopy tests compare the metadata-only form with
+    // the kernel's.
     let extra: &[&str] = if via == Via::Kernel {
         &[]
     } else {
-        &["passthrough=0"]
+        &["passthrough=0", "metacopy=off"]
     };
     let mut mnt = mount(via, &lowers, Some((&u, &w)), &m, extra);
     let log = script(&m);
@@ -706,7 +709,15 @@ fn remount(first: Via, second: Via) {
         &snapshot(&m, View::Merged),
     );
     mnt.unmount();
-    let mut mnt = mount(second, &lowers, Some((&u, &w)), &m, &[]);
+    // layerfs copies metadata only where the script changes metadata; the
+    // kernel reads that form with metacopy=on (which needs redirect_dir=on;
+    // no redirects exist in these layers).
+    let read_metacopy: &[&str] = if second == Via::Kernel {
+        &["metacopy=on", "redirect_dir=on"]
+    } else {
+        &[]
+    };
+    let mut mnt = mount(second, &lowers, Some((&u, &w)), &m, read_metacopy);
     let after = snapshot(&m, View::Merged);
     mnt.unmount();
     assert!(

@@ -50,6 +50,15 @@ impl XattrNs {
         }
     }
 
+    /// The kernel's mark on an upper file that holds metadata only: its data
+    /// is still the lower file's (metadata-only copy-up, `metacopy=on`).
+    pub fn metacopy(self) -> &'static CStr {
+        match self {
+            XattrNs::Trusted => c"trusted.overlay.metacopy",
+            XattrNs::User => c"user.overlay.metacopy",
+        }
+    }
+
     /// The kernel's mark on an upper directory holding entries whose inode
     /// numbers come from elsewhere (copied up or moved in), so `readdir`
     /// must look them up to report `d_ino`.
@@ -69,6 +78,8 @@ const OPAQUE_ATTRS: [&CStr; 3] = [
 const WHITEOUT_ATTRS: [&CStr; 2] = [c"trusted.overlay.whiteout", c"user.overlay.whiteout"];
 const XWHITEOUTS_ATTRS: [&CStr; 2] = [c"trusted.overlay.xwhiteouts", c"user.overlay.xwhiteouts"];
 const IMPURE_ATTRS: [&CStr; 2] = [c"trusted.overlay.impure", c"user.overlay.impure"];
+/// Where [`XattrNs::metacopy`] is read from, in either namespace.
+pub const METACOPY_ATTRS: [&CStr; 2] = [c"trusted.overlay.metacopy", c"user.overlay.metacopy"];
 /// Where [`XattrNs::origin`] is read from, in either namespace.
 pub const ORIGIN_ATTRS: [&CStr; 2] = [
     c"trusted.overlay.layerfs.origin",
@@ -201,6 +212,18 @@ pub fn create_wh_file(dir: &Dir, name: &CStr) -> SysResult<()> {
         Ok(_) | Err(Errno::EEXIST) => Ok(()),
         Err(e) => Err(e),
     }
+}
+
+/// Whether upper file `name` of `parent` holds metadata only.
+pub fn is_metacopy(parent: &Dir, name: &CStr) -> SysResult<bool> {
+    for attr in METACOPY_ATTRS {
+        match parent.get_xattr(name, attr) {
+            Ok(Some(_)) => return Ok(true),
+            Ok(None) | Err(Errno::ENOTSUP) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(false)
 }
 
 /// Marks directory `name` of `parent` opaque.

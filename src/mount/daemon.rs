@@ -17,6 +17,7 @@ use nix::errno::Errno;
 use nix::sys::signal::{SigSet, Signal};
 use nix::unistd::{fork, setsid, ForkResult};
 
+use super::record::MountRecord;
 use super::status::{Status, StatusSource};
 use super::{claim_workdir, MountError, Prepared};
 use crate::fuse::{FuseOptions, UnionFs};
@@ -123,7 +124,7 @@ pub fn serve(
             return Err(e);
         }
     };
-    let (session, _workdir_lock, status) = session;
+    let (session, _workdir_lock, status, _record) = session;
     if ready.is_some() {
         // Detaching: nothing may write to the caller's terminal any more.
         redirect_stdio(Some(
@@ -135,7 +136,6 @@ pub fn serve(
             tracing::warn!(path = %p.display(), error = %e, "cannot write pid file");
         }
     }
-    let _record = super::record::MountRecord::create(&mountpoint);
     tracing::info!(mountpoint = %mountpoint.display(), "mounted");
     report(&mut ready, "ok\n");
     spawn_signal_handler(mountpoint.clone(), status);
@@ -149,7 +149,12 @@ pub fn serve(
     result
 }
 
-type Started = (fuser::Session<UnionFs>, Option<OwnedFd>, StatusSource);
+type Started = (
+    fuser::Session<UnionFs>,
+    Option<OwnedFd>,
+    StatusSource,
+    Option<MountRecord>,
+);
 
 fn start(prepared: Prepared) -> Result<Started, MountError> {
     let o = &prepared.spec.options;
@@ -170,6 +175,7 @@ fn start(prepared: Prepared) -> Result<Started, MountError> {
         fsync: o.fsync,
         acl: o.acl,
         static_nlink: o.static_nlink,
+        metacopy: o.metacopy,
         ..UnionConfig::default()
     };
     let union = Union::new(prepared.lowers, upper, cfg)
@@ -212,6 +218,9 @@ fn start(prepared: Prepared) -> Result<Started, MountError> {
     // only the handler thread receives them.
     block_signals();
     let dev = open_dev_fuse()?;
+    // The record exists before the mount is visible, so whoever sees the
+    // mount can find its daemon.
+    let record = MountRecord::create(&prepared.mountpoint);
     kernel_mount(&prepared.mountpoint, o, dev.as_raw_fd(), read_only)?;
     let mut config = fuser::Config::default();
     config.acl = fuser::SessionACL::All;
@@ -222,7 +231,7 @@ fn start(prepared: Prepared) -> Result<Started, MountError> {
             let _ = nix::mount::umount2(&prepared.mountpoint, nix::mount::MntFlags::MNT_DETACH);
             MountError::Mount(format!("FUSE handshake failed: {e}"))
         })?;
-    Ok((session, lock, status))
+    Ok((session, lock, status, record))
 }
 
 fn open_dev_fuse() -> Result<OwnedFd, MountError> {

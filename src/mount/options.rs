@@ -29,6 +29,8 @@ pub struct Options {
     pub passthrough: bool,
     /// Kernel writeback cache when passthrough is off (`writeback=0`).
     pub writeback: bool,
+    /// Metadata-only copy-up (`metacopy=off` copies data every time).
+    pub metacopy: bool,
     pub allow_other: bool,
     pub allow_root: bool,
     pub suid: bool,
@@ -60,6 +62,7 @@ impl Default for Options {
             static_nlink: false,
             passthrough: true,
             writeback: true,
+            metacopy: true,
             allow_other: true,
             allow_root: false,
             suid: true,
@@ -117,10 +120,6 @@ pub const ADVISORY: &[(&str, &str)] = &[
     (
         "index",
         "hard-link index not implemented yet; broken hard links behave as with index=off",
-    ),
-    (
-        "metacopy",
-        "metadata-only copy-up is not implemented yet; copy-up is always full",
     ),
     ("rw", "the default"),
     ("relatime", "atime handling is the layers' own"),
@@ -273,6 +272,7 @@ impl Options {
             "static_nlink" => self.static_nlink = true,
             "passthrough" => self.passthrough = flag(value, key)?,
             "writeback" => self.writeback = flag(value, key)?,
+            "metacopy" => self.metacopy = flag(value, key)?,
             "timeout" => {
                 let v = need(key, value)?;
                 let secs: f64 = v

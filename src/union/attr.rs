@@ -7,6 +7,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use nix::errno::Errno;
 
 use super::copyup::CopyData;
+use super::node::Loc;
 use super::{Caller, Node, NodeId, OpenFile, Result, Union};
 use crate::layer::{sys, Kind, Stat};
 
@@ -113,7 +114,7 @@ pub struct SetAttr {
 
 impl Union {
     /// Attributes of a node as `stat` shows them.
-    pub(super) fn attr_of(&self, node: &Node, st: &Stat) -> Result<Attr> {
+    pub(super) fn attr_of(&self, node: &Arc<Node>, st: &Stat) -> Result<Attr> {
         let mut attr = Attr::from_stat(st, node.id).ok_or(Errno::EIO)?;
         let state = node.state();
         if node.is_dir() {
@@ -126,6 +127,18 @@ impl Union {
             }
         } else if state.unlinked && !state.upper {
             attr.nlink = 0;
+        }
+        // A metadata-only copy uses the lower file's blocks.
+        let data_layer = state
+            .lowers
+            .first()
+            .copied()
+            .filter(|_| state.metacopy && !state.unlinked);
+        drop(state);
+        if let Some(l) = data_layer {
+            if let Ok(data) = self.real_in(node, Loc::Lower(l)).and_then(|r| r.stat()) {
+                attr.blocks = data.0.st_blocks as u64;
+            }
         }
         Ok(attr)
     }
@@ -180,8 +193,10 @@ impl Union {
             &node,
             if truncating_to_zero {
                 CopyData::None
-            } else {
+            } else if change.size.is_some() {
                 CopyData::All
+            } else {
+                CopyData::Meta
             },
         )?;
 

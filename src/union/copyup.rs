@@ -25,6 +25,10 @@ use crate::layer::{Dir, Kind, Stat};
 pub(super) enum CopyData {
     /// All of it.
     All,
+    /// None yet: only metadata changes (chmod, chown, utimes, xattrs). With
+    /// `metacopy` on, a regular file's upper copy then holds no data and is
+    /// marked `overlay.metacopy`, as the kernel does.
+    Meta,
     /// None: the file is about to be truncated to zero anyway.
     None,
 }
@@ -55,8 +59,15 @@ impl Drop for TmpGuard<'_> {
 impl Union {
     /// Makes sure `node` exists in the upper layer (its parents too).
     pub(super) fn copy_up(&self, node: &Arc<Node>, data: CopyData) -> Result<()> {
-        if node.state().upper {
-            return Ok(());
+        {
+            let st = node.state();
+            if st.upper && !(st.metacopy && data != CopyData::Meta) {
+                return Ok(());
+            }
+            if st.upper {
+                drop(st);
+                return self.copy_up_data(node, data);
+            }
         }
         let upper = self.upper()?;
         let link = node.state().link().cloned().ok_or(Errno::ENOENT)?;
@@ -86,11 +97,16 @@ impl Union {
             armed: true,
         };
         let kind = st.kind().ok_or(Errno::EIO)?;
+        let meta_only =
+            data == CopyData::Meta && self.cfg.metacopy && kind == Kind::File && st.size() > 0;
         match kind {
             Kind::Dir => work.mkdir(&tmp, 0o700)?,
             Kind::File => {
                 let dst = work.create(&tmp, libc::O_WRONLY, 0o600)?;
-                if data == CopyData::All && st.size() > 0 {
+                if meta_only {
+                    // The size, without the data: reads go to the lower file.
+                    sys::ftruncate(dst.as_fd(), st.size() as i64)?;
+                } else if data != CopyData::None && st.size() > 0 {
                     let from = src.dir.open(&name, libc::O_RDONLY)?;
                     copy_data(from.as_fd(), dst.as_fd(), st.size())?;
                 }
@@ -106,18 +122,22 @@ impl Union {
         self.copy_metadata(&src.dir, &name, &st, work, &tmp, !node.is_dir())?;
         if !node.is_dir() {
             self.write_origin(work, &tmp, self.st_ino(&st));
+            // Before the copy is visible: lookups trust only impure
+            // directories to hold copies (origin and metacopy marks).
+            self.mark_impure(&dst_parent);
+        }
+        if meta_only {
+            work.set_xattr(&tmp, self.cfg.xattr_ns.metacopy(), b"", 0)?;
         }
         work.rename(&tmp, &dst_parent.dir, &name, libc::RENAME_NOREPLACE)?;
         guard.armed = false;
-        if !node.is_dir() {
-            self.mark_impure(&dst_parent);
-        }
 
         let new = dst_parent.dir.stat(&name)?.ok_or(Errno::EIO)?;
         {
             let mut s = node.state_mut();
             s.upper = true;
-            if !node.is_dir() {
+            s.metacopy = meta_only;
+            if !node.is_dir() && !meta_only {
                 s.lowers.clear();
             }
         }
@@ -129,6 +149,42 @@ impl Union {
             },
         );
         tracing::debug!(node = node.id, ?name, "copied up");
+        Ok(())
+    }
+
+    /// Completes a metadata-only copy-up: the data goes into the upper file
+    /// in place, is synced, and only then is the metacopy mark removed, so a
+    /// crash half way leaves a file that still reads from the lower layer.
+    fn copy_up_data(&self, node: &Arc<Node>, data: CopyData) -> Result<()> {
+        let _serial = node.copy_up_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let lower = {
+            let st = node.state();
+            if !st.metacopy {
+                return Ok(());
+            }
+            st.lowers.first().copied().ok_or(Errno::EIO)?
+        };
+        let up = self.real_in(node, Loc::Upper)?;
+        if data == CopyData::All {
+            let low = self.real_in(node, Loc::Lower(lower))?;
+            let size = up.stat()?.size();
+            let from = low.dir.dir.open(low.name(), libc::O_RDONLY)?;
+            let to = up.dir.dir.open(up.name(), libc::O_WRONLY)?;
+            copy_data(from.as_fd(), to.as_fd(), size)?;
+            if self.cfg.fsync {
+                sys::fsync(to.as_fd(), false)?;
+            }
+        }
+        for attr in whiteout::METACOPY_ATTRS {
+            match up.dir.dir.remove_xattr(up.name(), attr) {
+                Ok(()) | Err(Errno::ENODATA | Errno::ENOTSUP | Errno::EPERM) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        let mut s = node.state_mut();
+        s.metacopy = false;
+        s.lowers.clear();
+        tracing::debug!(node = node.id, "data copied up");
         Ok(())
     }
 

@@ -58,7 +58,7 @@ impl OpenFile {
     /// Whether the fd still refers to the node's real object (it does not
     /// once a read-only handle's file was copied up by someone else).
     pub fn is_current(&self, node: &Node) -> bool {
-        self.loc() == Loc::Upper || !node.state().upper
+        Some(self.loc()) == node.state().data()
     }
 }
 
@@ -103,21 +103,23 @@ impl Union {
             };
             self.copy_up(&node, data)?;
         }
-        let loc = node.state().top().ok_or(Errno::ENOENT)?;
+        let loc = node.state().data().ok_or(Errno::ENOENT)?;
         let real = self.real_in(&node, loc)?;
         let extra = flags & libc::O_TRUNC;
         let fd = real.dir.dir.open(real.name(), file_flags(flags) | extra)?;
         Ok(OpenFile::new(node, fd, loc, flags))
     }
 
-    /// Switches a read-only handle over to the upper copy of its file.
+    /// Switches a read-only handle over to where its file's data is now
+    /// (the upper copy, once someone copied it up).
     fn refresh(&self, f: &OpenFile) -> Result<Arc<OwnedFd>> {
         if f.is_current(&f.node) {
             return Ok(f.fd());
         }
-        let real = self.real_in(&f.node, Loc::Upper)?;
+        let loc = f.node.state().data().ok_or(Errno::ENOENT)?;
+        let real = self.real_in(&f.node, loc)?;
         let fd = Arc::new(real.dir.dir.open(real.name(), file_flags(f.flags))?);
-        *f.fd.write().unwrap_or_else(|p| p.into_inner()) = (fd.clone(), Loc::Upper);
+        *f.fd.write().unwrap_or_else(|p| p.into_inner()) = (fd.clone(), loc);
         Ok(fd)
     }
 

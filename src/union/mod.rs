@@ -64,6 +64,10 @@ pub struct UnionConfig {
     pub fsync: bool,
     /// POSIX ACLs are enforced and inherited (off with `noacl`).
     pub acl: bool,
+    /// Copy up metadata only for chmod, chown, utimes and xattr changes of
+    /// a lower file (`metacopy=on`, the kernel's format); data follows on
+    /// the first write.
+    pub metacopy: bool,
     /// Report 1 as the link count of every directory (`static_nlink`).
     pub static_nlink: bool,
     /// Open directory fds kept for lookups.
@@ -76,6 +80,7 @@ impl Default for UnionConfig {
             xattr_ns: XattrNs::Trusted,
             fsync: true,
             acl: true,
+            metacopy: true,
             static_nlink: false,
             dir_cache_size: 4096,
         }
@@ -211,6 +216,7 @@ impl Union {
                     dev: u64::MAX,
                     ino: u64::MAX,
                 },
+                metacopy: false,
                 unlinked: false,
                 orphan: None,
             },

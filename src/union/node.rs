@@ -78,6 +78,8 @@ pub struct NodeState {
     pub lowers: SmallVec<[u16; 2]>,
     /// Key in the node table.
     pub key: RealId,
+    /// The upper copy holds metadata only; the data is still in `lowers[0]`.
+    pub metacopy: bool,
     /// All names were removed; the node lives on only while open.
     pub unlinked: bool,
     /// After the last name is gone: an `O_PATH` fd on the real object, so
@@ -93,6 +95,7 @@ impl NodeState {
             upper: false,
             lowers: SmallVec::new(),
             key: RealId { dev: 0, ino: 0 },
+            metacopy: false,
             unlinked: true,
             orphan: None,
         }
@@ -105,6 +108,16 @@ impl NodeState {
             Some(Loc::Upper)
         } else {
             self.lowers.first().map(|&l| Loc::Lower(l))
+        }
+    }
+
+    /// The layer that holds a file's data: the upper copy, unless that is
+    /// metadata only.
+    pub fn data(&self) -> Option<Loc> {
+        if self.upper && !self.metacopy {
+            Some(Loc::Upper)
+        } else {
+            self.lowers.first().map(|&l| Loc::Lower(l)).or(self.top())
         }
     }
 

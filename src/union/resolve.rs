@@ -25,8 +25,10 @@ pub(super) struct Found {
     pub kind: Kind,
     pub upper: Option<Stat>,
     /// Lower layers holding the object, top first (at most one for a
-    /// non-directory), with their stats.
+    /// non-directory: the one holding its data), with their stats.
     pub lowers: SmallVec<[(u16, Stat); 2]>,
+    /// The upper file holds metadata only; its data is `lowers[0]`'s.
+    pub metacopy: bool,
 }
 
 impl Found {
@@ -36,6 +38,7 @@ impl Found {
             kind,
             upper: None,
             lowers: SmallVec::new(),
+            metacopy: false,
         };
         match loc {
             Loc::Upper => f.upper = Some(st),
@@ -115,9 +118,31 @@ impl Union {
                 break;
             }
             match &mut found {
+                // A metadata-only upper file: its data is the next lower
+                // file of that name.
+                Some(f) if f.metacopy => {
+                    if st.kind() == Some(Kind::File) {
+                        if let Loc::Lower(l) = loc {
+                            f.lowers.push((l, st));
+                        }
+                    }
+                    break;
+                }
                 None => {
                     found = Found::new(loc, st);
                     if !st.is_dir() {
+                        // Only copy-ups make metacopy files, and every
+                        // copy-up marks its directory impure.
+                        if loc == Loc::Upper
+                            && st.kind() == Some(Kind::File)
+                            && cd.is_impure()
+                            && whiteout::is_metacopy(&cd.dir, name)?
+                        {
+                            if let Some(f) = &mut found {
+                                f.metacopy = true;
+                            }
+                            continue;
+                        }
                         break;
                     }
                 }
@@ -169,6 +194,7 @@ impl Union {
                 upper: found.upper.is_some(),
                 lowers: found.lowers.iter().map(|(l, _)| *l).collect(),
                 key,
+                metacopy: found.metacopy,
                 unlinked: false,
                 orphan: None,
             };
@@ -182,14 +208,19 @@ impl Union {
     /// directory its top lower directory's, for a copied-up file the one it
     /// had in the lower layer (recorded at copy-up), else its own.
     pub(super) fn ino_for(&self, parent: &Arc<Node>, name: &CStr, found: &Found) -> Result<u64> {
-        if let Some((_, st)) = found.lowers.first() {
-            return Ok(self.st_ino(st));
-        }
         let Some(up) = &found.upper else {
-            return Err(Errno::EIO);
+            let (_, st) = found.lowers.first().ok_or(Errno::EIO)?;
+            return Ok(self.st_ino(st));
         };
-        if found.kind != Kind::Dir {
-            let cd = self.dir(parent, Loc::Upper)?;
+        if found.kind == Kind::Dir {
+            return Ok(match found.lowers.first() {
+                Some((_, st)) => self.st_ino(st),
+                None => self.st_ino(up),
+            });
+        }
+        // Files that borrowed an inode number live in impure directories.
+        let cd = self.dir(parent, Loc::Upper)?;
+        if cd.is_impure() {
             if let Some(origin) = self.read_origin(&cd.dir, name)? {
                 return Ok(origin);
             }

@@ -65,7 +65,7 @@ impl Union {
         }
         let node = self.node(id)?;
         self.upper()?;
-        self.copy_up(&node, CopyData::All)?;
+        self.copy_up(&node, CopyData::Meta)?;
         let real = self.real(&node)?;
         real.dir.dir.set_xattr(real.name(), attr, value, flags)
     }
@@ -83,7 +83,7 @@ impl Union {
                 return Err(Errno::ENODATA);
             }
         }
-        self.copy_up(&node, CopyData::All)?;
+        self.copy_up(&node, CopyData::Meta)?;
         let real = self.real(&node)?;
         real.dir.dir.remove_xattr(real.name(), attr)
     }
