@@ -678,6 +678,22 @@ impl Filesystem for UnionFs {
         }
     }
 
+    /// No ioctls are served; ENOTTY is what a file without them answers
+    /// (isatty() probes them on every open by some runtimes).
+    fn ioctl(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _flags: fuser::IoctlFlags,
+        _cmd: u32,
+        _in_data: &[u8],
+        _out_size: u32,
+        reply: fuser::ReplyIoctl,
+    ) {
+        reply.error(fuser::Errno::ENOTTY);
+    }
+
     fn fallocate(
         &self,
         _req: &Request,

@@ -192,6 +192,16 @@ pub fn utimensat_nofollow(
     })
 }
 
+/// `fchown` of an open fd (any kind, `O_PATH` included).
+pub fn fchown(fd: BorrowedFd<'_>, uid: u32, gid: u32) -> SysResult<()> {
+    fchownat_nofollow(fd, c"", uid, gid)
+}
+
+/// `fchmod` of an open fd.
+pub fn fchmod(fd: BorrowedFd<'_>, mode: u32) -> SysResult<()> {
+    fchmodat_nofollow(fd, c"", mode)
+}
+
 pub fn mkdirat(dir: BorrowedFd<'_>, name: &CStr, mode: u32) -> SysResult<()> {
     retry(|| {
         // SAFETY: plain syscall.

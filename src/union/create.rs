@@ -8,18 +8,19 @@
 //! directory does not show through it.
 
 use std::ffi::CStr;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
 
 use nix::errno::Errno;
+use smallvec::SmallVec;
 
 use super::copyup::{remove_tree, CopyData};
 use super::dircache::CachedDir;
 use super::node::Loc;
-use super::resolve::check_name;
+use super::resolve::{check_name, Found};
 use super::{Attr, Caller, Node, NodeId, OpenFile, Result, Union};
 use crate::layer::whiteout;
-use crate::layer::{Dir, Kind};
+use crate::layer::{sys, Dir, Kind, Stat};
 
 /// What to create.
 pub(super) enum NewEntry<'a> {
@@ -58,27 +59,38 @@ impl Union {
         Ok(mode & 0o7777 & !umask)
     }
 
-    fn slot(&self, up: &CachedDir, name: &CStr) -> Result<Slot> {
+    /// What occupies `name` in the upper directory: nothing, or a
+    /// whiteout; a real entry, or a visible lower one, is EEXIST.
+    fn slot(&self, parent: &Arc<Node>, up: &CachedDir, name: &CStr) -> Result<Slot> {
         let whiteout_dev = match up.dir.stat(name)? {
             Some(st) if whiteout::is_whiteout_dev(&st) => true,
             Some(_) => return Err(Errno::EEXIST),
             None => false,
         };
+        let whiteout_file = up.has_wh_file(name)?;
+        // Under a whiteout nothing below shows; otherwise a lower layer may
+        // still hold the name.
+        if !whiteout_dev && !whiteout_file && self.lower_has(parent, name)? {
+            return Err(Errno::EEXIST);
+        }
         Ok(Slot {
             whiteout_dev,
-            whiteout_file: up.has_wh_file(name)?,
+            whiteout_file,
         })
     }
 
-    /// Creates `name` in the upper directory of `parent`. Returns the open fd
-    /// for a regular file.
+    /// Creates `name` in the upper directory of `parent` and returns its
+    /// node (with a kernel reference), attributes, and for a regular file
+    /// the open fd. `perm` is re-applied after the chown that gives the
+    /// entry to the caller, which clears setuid/setgid bits.
     fn place_new(
         &self,
         parent: &Arc<Node>,
         name: &CStr,
         caller: &Caller,
         entry: NewEntry<'_>,
-    ) -> Result<Option<OwnedFd>> {
+        perm: Option<u32>,
+    ) -> Result<(Arc<Node>, Attr, Option<OwnedFd>)> {
         check_name(name)?;
         if whiteout::is_whiteout_name(name.to_bytes()) {
             // The name space of whiteouts is not the client's to use.
@@ -87,13 +99,10 @@ impl Union {
         if !parent.is_dir() {
             return Err(Errno::ENOTDIR);
         }
-        if self.resolve(parent, name)?.is_some() {
-            return Err(Errno::EEXIST);
-        }
         let upper = self.upper()?;
         self.copy_up(parent, CopyData::All)?;
         let up = self.dir(parent, Loc::Upper)?;
-        let slot = self.slot(&up, name)?;
+        let slot = self.slot(parent, &up, name)?;
         let pst = up.dir.stat_self()?;
         let uid = caller.uid;
         let gid = if pst.mode() & libc::S_ISGID != 0 {
@@ -102,6 +111,7 @@ impl Union {
             caller.gid
         };
         let is_dir = entry.is_dir();
+        let restore_perm = perm.filter(|p| p & (libc::S_ISUID | libc::S_ISGID) != 0);
 
         // Build the entry where it will be visible only when complete.
         let (at, at_name) = if slot.whiteout_dev {
@@ -114,8 +124,20 @@ impl Union {
         let owned = !matches!(entry, NewEntry::Link { .. });
         let fd = self.make_entry(at, &at_name, entry)?;
         let finish = || -> Result<()> {
-            if owned {
-                at.chown(&at_name, uid, gid)?;
+            match (&fd, owned) {
+                (Some(fd), _) => {
+                    sys::fchown(fd.as_fd(), uid, gid)?;
+                    if let Some(p) = restore_perm {
+                        sys::fchmod(fd.as_fd(), p & 0o7777)?;
+                    }
+                }
+                (None, true) => {
+                    at.chown(&at_name, uid, gid)?;
+                    if let Some(p) = restore_perm {
+                        at.chmod(&at_name, p & 0o7777)?;
+                    }
+                }
+                (None, false) => {}
             }
             if is_dir && (slot.whiteout_dev || slot.whiteout_file) {
                 whiteout::set_opaque(at, &at_name, self.cfg.xattr_ns)?;
@@ -148,7 +170,28 @@ impl Union {
             }
             self.dirs.remove(parent.id, Loc::Upper);
         }
-        Ok(fd)
+
+        // The new entry is upper-only: nothing below it shows through
+        // (either nothing is there, or a whiteout or the opaque mark hides
+        // it), so it resolves to itself.
+        let st = match &fd {
+            Some(fd) => Stat(sys::fstat(fd.as_fd())?),
+            None => up.dir.stat(name)?.ok_or(Errno::ENOENT)?,
+        };
+        let found = Found {
+            kind: st.kind().ok_or(Errno::EIO)?,
+            upper: Some(st),
+            lowers: SmallVec::new(),
+            metacopy: false,
+        };
+        let node = self.node_for(parent, name, &found)?;
+        match self.attr_of(&node, &st) {
+            Ok(attr) => Ok((node, attr, fd)),
+            Err(e) => {
+                self.forget(node.id, 1);
+                Err(e)
+            }
+        }
     }
 
     fn make_entry(&self, at: &Dir, name: &CStr, entry: NewEntry<'_>) -> Result<Option<OwnedFd>> {
@@ -176,23 +219,6 @@ impl Union {
         })
     }
 
-    /// Looks up a name just created and fixes its mode where chown cleared
-    /// setuid/setgid bits.
-    fn created(
-        &self,
-        parent: &Arc<Node>,
-        name: &CStr,
-        mode: Option<u32>,
-    ) -> Result<(Arc<Node>, Attr)> {
-        if let Some(mode) = mode {
-            if mode & (libc::S_ISUID | libc::S_ISGID) != 0 {
-                let up = self.dir(parent, Loc::Upper)?;
-                up.dir.chmod(name, mode & 0o7777)?;
-            }
-        }
-        self.lookup(parent.id, name)
-    }
-
     pub fn mkdir(
         &self,
         parent: NodeId,
@@ -203,8 +229,8 @@ impl Union {
     ) -> Result<(Arc<Node>, Attr)> {
         let parent = self.node(parent)?;
         let mode = self.prepare_mode(&parent, mode, umask)?;
-        self.place_new(&parent, name, caller, NewEntry::Dir { mode })?;
-        self.created(&parent, name, None)
+        let (node, attr, _) = self.place_new(&parent, name, caller, NewEntry::Dir { mode }, None)?;
+        Ok((node, attr))
     }
 
     pub fn mknod(
@@ -227,25 +253,16 @@ impl Union {
         }
         let perm = self.prepare_mode(&parent, mode, umask)?;
         let full = (mode & libc::S_IFMT) | perm;
-        if kind == Kind::File {
-            self.place_new(
-                &parent,
-                name,
-                caller,
-                NewEntry::File {
-                    mode: perm,
-                    flags: libc::O_WRONLY,
-                },
-            )?;
+        let entry = if kind == Kind::File {
+            NewEntry::File {
+                mode: perm,
+                flags: libc::O_WRONLY,
+            }
         } else {
-            self.place_new(
-                &parent,
-                name,
-                caller,
-                NewEntry::Special { mode: full, rdev },
-            )?;
-        }
-        self.created(&parent, name, Some(perm))
+            NewEntry::Special { mode: full, rdev }
+        };
+        let (node, attr, _) = self.place_new(&parent, name, caller, entry, Some(perm))?;
+        Ok((node, attr))
     }
 
     pub fn symlink(
@@ -256,8 +273,9 @@ impl Union {
         caller: &Caller,
     ) -> Result<(Arc<Node>, Attr)> {
         let parent = self.node(parent)?;
-        self.place_new(&parent, name, caller, NewEntry::Symlink { target })?;
-        self.created(&parent, name, None)
+        let (node, attr, _) =
+            self.place_new(&parent, name, caller, NewEntry::Symlink { target }, None)?;
+        Ok((node, attr))
     }
 
     /// CREATE: a new regular file, opened.
@@ -272,10 +290,14 @@ impl Union {
     ) -> Result<(Arc<Node>, Attr, OpenFile)> {
         let parent = self.node(parent)?;
         let perm = self.prepare_mode(&parent, mode, umask)?;
-        let fd = self
-            .place_new(&parent, name, caller, NewEntry::File { mode: perm, flags })?
-            .ok_or(Errno::EIO)?;
-        let (node, attr) = self.created(&parent, name, Some(perm))?;
+        let (node, attr, fd) = self.place_new(
+            &parent,
+            name,
+            caller,
+            NewEntry::File { mode: perm, flags },
+            Some(perm),
+        )?;
+        let fd = fd.ok_or(Errno::EIO)?;
         let file = OpenFile::new(node.clone(), fd, Loc::Upper, flags);
         Ok((node, attr, file))
     }
@@ -297,7 +319,7 @@ impl Union {
         self.upper()?;
         self.copy_up(&node, CopyData::All)?;
         let (src_dir, src_name) = self.parent_dir(&node, Loc::Upper)?;
-        self.place_new(
+        let (linked, attr, _) = self.place_new(
             &newparent,
             newname,
             caller,
@@ -305,8 +327,9 @@ impl Union {
                 dir: &src_dir.dir,
                 name: &src_name,
             },
+            None,
         )?;
-        self.lookup(newparent.id, newname)
+        Ok((linked, attr))
     }
 
     /// The permission bits a new entry is created with.

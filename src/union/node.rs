@@ -37,6 +37,9 @@ use crate::layer::Kind;
 /// Node id as the kernel sees it, and the node's `st_ino`.
 pub type NodeId = u64;
 
+/// Names of one node remembered at most (see [`Node::add_link`]).
+pub const MAX_LINKS: usize = 32;
+
 /// Ids at or above this are synthetic (never a real inode number we map).
 pub const SYNTHETIC: NodeId = 1 << 63;
 
@@ -165,12 +168,18 @@ impl Node {
     }
 
     /// Adds `(parent, name)` to the node's names if it is not there yet.
+    ///
+    /// At most [`MAX_LINKS`] names are kept: any one of them reaches the
+    /// object, and spares only matter when names are removed. A name looked
+    /// up again is added again; past the cap, a node whose kept names are
+    /// all gone is reached through its orphan fd until then.
     pub fn add_link(&self, parent: &Arc<Node>, name: &CStr) {
         let mut st = self.state_mut();
-        if !st
-            .links
-            .iter()
-            .any(|l| l.parent.id == parent.id && l.name.as_c_str() == name)
+        if st.links.len() < MAX_LINKS
+            && !st
+                .links
+                .iter()
+                .any(|l| l.parent.id == parent.id && l.name.as_c_str() == name)
         {
             st.links.push(Link {
                 parent: parent.clone(),
