@@ -78,20 +78,42 @@ fn metadata_changes_copy_no_data_until_the_first_write() {
         "upper holds the data now"
     );
 
-    // Renaming or linking a metadata-only file completes it first.
+    // Renaming or linking a metadata-only file keeps it metadata-only, with
+    // a redirect to its data (the kernel's form); the data reads through
+    // every name, before and after a remount.
     layers::set_xattr(&m.join("moved"), "user.a", b"1");
     layers::set_xattr(&m.join("linked"), "user.a", b"1");
     fs::rename(m.join("moved"), m.join("moved2")).unwrap();
     fs::hard_link(m.join("linked"), m.join("linked2")).unwrap();
+    for (name, redirect) in [("moved2", "/moved"), ("linked2", "/linked")] {
+        assert!(
+            metacopy_mark(&u.join(name)),
+            "{name} lost its metacopy mark"
+        );
+        assert_eq!(
+            get_xattr(&u.join(name), "trusted.overlay.redirect").unwrap(),
+            redirect.as_bytes()
+        );
+    }
     mnt.unmount();
+    let mut mnt = mount(Via::Unionctl, &lowers, Some((&u, &w)), &m, &[]);
     for (name, content) in [
         ("moved2", "moved"),
         ("linked", "linked"),
         ("linked2", "linked"),
     ] {
-        assert!(!metacopy_mark(&u.join(name)), "{name} still metadata-only");
-        assert_eq!(fs::read_to_string(u.join(name)).unwrap(), content, "{name}");
+        assert_eq!(fs::read_to_string(m.join(name)).unwrap(), content, "{name}");
     }
+    let mut f = OpenOptions::new()
+        .append(true)
+        .open(m.join("moved2"))
+        .unwrap();
+    f.write_all(b"!").unwrap();
+    drop(f);
+    mnt.unmount();
+    assert!(!metacopy_mark(&u.join("moved2")));
+    assert!(get_xattr(&u.join("moved2"), "trusted.overlay.redirect").is_err());
+    assert_eq!(fs::read_to_string(u.join("moved2")).unwrap(), "moved!");
 }
 
 #[test]

@@ -537,10 +537,13 @@ fn mutation_script(m: &Path) -> Log {
 fn dir_rename_script(m: &Path) -> Log {
     let p = |rel: &str| m.join(rel);
     let mut log = Log::default();
-    log.err("rename(2) a lower dir", Errno::EXDEV, fs::rename(p("mvsrc"), p("mvsrc2")));
-    log.err("rename(2) a merged dir", Errno::EXDEV, fs::rename(p("mvmerged"), p("mvmerged2")));
-    log.err("rename(2) a lower dir into another dir", Errno::EXDEV, fs::rename(p("mvsrc"), p("dst/mvsrc")));
-    log.ok("the lower dir is intact", names(&p("mvsrc/sub")));
+    log.ok("rename(2) a lower dir", fs::rename(p("mvsrc"), p("mvsrc1")));
+    log.ok("rename(2) a merged dir", fs::rename(p("mvmerged"), p("mvmerged1")));
+    log.ok("rename(2) a lower dir into another dir", fs::rename(p("mvsrc1"), p("dst/mvsrc")));
+    log.ok("and back", fs::rename(p("dst/mvsrc"), p("mvsrc")));
+    log.ok("rename(2) a merged dir back", fs::rename(p("mvmerged1"), p("mvmerged")));
+    log.ok("the moved lower dir", names(&p("mvsrc/sub")));
+    log.err("its old names are gone", Errno::ENOENT, lstat(&p("mvsrc1")).map(|_| ()));
     let made = fs::create_dir_all(p("newparent/d")).and_then(|_| fs::write(p("newparent/d/f"), "f"));
     log.ok("mkdir a new dir with a child", made);
     log.ok("rename(2) a new dir", fs::rename(p("newparent/d"), p("newparent/d2")));
@@ -548,11 +551,11 @@ fn dir_rename_script(m: &Path) -> Log {
     log.ok("mkdir a new dir", fs::create_dir(p("fresh")).and_then(|_| fs::write(p("fresh/f"), "f")));
     log.ok("rename(2) it onto the deleted name", fs::rename(p("fresh"), p("mvgone")));
     log.ok("lower entries stay hidden", names(&p("mvgone")));
-    log.ok("mv a lower dir (copy fallback)", mv(m, "mvsrc", "mvsrc2"));
+    log.ok("mv a lower dir", mv(m, "mvsrc", "mvsrc2"));
     log.ok("mv a merged dir into a lower dir", mv(m, "mvmerged", "dst/mvmerged"));
     log.ok("the moved tree", names(&p("mvsrc2/sub")));
     let linked = (|| Ok(lstat(&p("mvsrc2/f"))?.ino() == lstat(&p("mvsrc2/sub/h"))?.ino()))();
-    log.check("hard links survive the copy", linked);
+    log.check("hard links survive the move", linked);
     log.err("the source is gone", Errno::ENOENT, lstat(&p("mvsrc")).map(|_| ()));
     log
 }
@@ -566,14 +569,11 @@ fn run_script(s: &Scratch, via: Via, wh: WhiteoutForm, script: fn(&Path) -> Log)
     // handles pass through to its lower copy over to the upper copy, so a
     // writer meeting such a handle gets ETXTBSY (the passthrough tests check
     // that); the kernel's exact behaviour, which the script checks, is
-    // layerfs's with passthrough off. The reference kernel copies data up
-    // in full (metacopy=off, as it must with redirect_dir=off), so layerfs
-    // does too here; the metacopy tests compare the metadata-only form with
-    // the kernel's.
+    // layerfs's with passthrough off.
     let extra: &[&str] = if via == Via::Kernel {
         &[]
     } else {
-        &["passthrough=0", "metacopy=off"]
+        &["passthrough=0"]
     };
     let mut mnt = mount(via, &lowers, Some((&u, &w)), &m, extra);
     let log = script(&m);
@@ -621,7 +621,7 @@ fn mutations_xattr_lowers() {
 
 // 3. Directory renames.
 #[test]
-fn directory_rename_is_exdev_and_mv_copies() {
+fn directory_renames_follow_redirects() {
     compare_script(
         "directory renames",
         WhiteoutForm::CharDev,
@@ -709,15 +709,7 @@ fn remount(first: Via, second: Via) {
         &snapshot(&m, View::Merged),
     );
     mnt.unmount();
-    // layerfs copies metadata only where the script changes metadata; the
-    // kernel reads that form with metacopy=on (which needs redirect_dir=on;
-    // no redirects exist in these layers).
-    let read_metacopy: &[&str] = if second == Via::Kernel {
-        &["metacopy=on", "redirect_dir=on"]
-    } else {
-        &[]
-    };
-    let mut mnt = mount(second, &lowers, Some((&u, &w)), &m, read_metacopy);
+    let mut mnt = mount(second, &lowers, Some((&u, &w)), &m, &[]);
     let after = snapshot(&m, View::Merged);
     mnt.unmount();
     assert!(

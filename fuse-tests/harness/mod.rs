@@ -224,9 +224,9 @@ pub fn try_mount(
                     w.display()
                 ));
             }
-            // The semantics layerfs implements today: no redirects, no
-            // index, full copy-up.
-            opts.push_str(",redirect_dir=off,index=off,metacopy=off");
+            // The semantics layerfs implements today: directory renames
+            // with redirects, metadata-only copy-up, no hard-link index.
+            opts.push_str(",redirect_dir=on,index=off,metacopy=on");
             for e in extra {
                 opts.push(',');
                 opts.push_str(e);

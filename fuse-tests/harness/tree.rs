@@ -64,6 +64,7 @@ fn xattrs(p: &Path, view: View) -> BTreeMap<String, String> {
                     || name_s == "trusted.overlay.origin"
                     || name_s == "trusted.overlay.impure"
                     || name_s == "trusted.overlay.nlink"
+                    || name_s == "trusted.overlay.uuid"
                     || name_s == "user.overlay.origin"
                     || name_s == "user.overlay.impure")
             }
@@ -81,12 +82,18 @@ fn xattrs(p: &Path, view: View) -> BTreeMap<String, String> {
         } else {
             "<unreadable>".into()
         };
-        // Opaque marks in any namespace are the same fact.
-        let key = match name_s.as_str() {
+        // Opaque marks in any namespace are the same fact; so are the two
+        // ways to write a redirect (the kernel writes a bare name where it
+        // can, layerfs always the absolute path): keep the last component.
+        let (key, value) = match name_s.as_str() {
             "trusted.overlay.opaque" | "user.overlay.opaque" if view == View::Upper => {
-                "<opaque>".to_string()
+                ("<opaque>".to_string(), value)
             }
-            _ => name_s,
+            "trusted.overlay.redirect" | "user.overlay.redirect" if view == View::Upper => (
+                "<redirect>".to_string(),
+                value.rsplit('/').next().unwrap_or_default().to_string(),
+            ),
+            _ => (name_s, value),
         };
         out.insert(key, value);
     }

@@ -146,9 +146,18 @@ fn internal_xattrs_are_hidden() {
             "removexattr {a} through the mount must fail"
         );
     }
+    // A directory made in a merged one is opaque on its own (as the kernel
+    // makes it with redirect_dir=on); one made in an upper-only directory
+    // is not, and the failed setxattr above must not have made it so.
+    fs::create_dir(u.p("gone/mine")).unwrap();
+    assert!(try_set_xattr(&u.p("gone/mine"), "trusted.overlay.opaque", b"y").is_err());
     assert_eq!(
-        errno_of(get_xattr(&u.u("mine"), "trusted.overlay.opaque")),
+        errno_of(get_xattr(&u.u("gone/mine"), "trusted.overlay.opaque")),
         libc::ENODATA
+    );
+    assert_eq!(
+        xattr_str(&u.u("mine"), "trusted.overlay.opaque").unwrap(),
+        "y"
     );
     assert!(ls(&u.p("o")).is_empty(), "o is still opaque");
 }
@@ -255,8 +264,27 @@ fn rename_of_a_lower_file_copies_up_and_whiteouts() {
     let md = lstat(&u.u("f2"));
     assert_eq!((md.mode() & 0o7777, md.uid(), md.gid()), (0o640, 7, 8));
     assert!(is_whiteout(&u.u("f")));
+    // Moved as the kernel moves it with metacopy: metadata only, with a
+    // redirect to the data.
+    assert_eq!(
+        xattr_str(&u.u("f2"), "trusted.overlay.redirect").unwrap(),
+        "/f"
+    );
+    assert!(get_xattr(&u.u("f2"), "trusted.overlay.metacopy").is_ok());
     fs::rename(u.p("d/g"), u.p("g")).unwrap();
-    assert!(is_whiteout(&u.u("d/g")) && read(&u.u("g")) == "G");
+    assert!(is_whiteout(&u.u("d/g")) && read(&u.p("g")) == "G");
+    drop_caches();
+    assert_eq!(
+        (read(&u.p("f2")), read(&u.p("g"))),
+        ("F".into(), "G".into())
+    );
+    OpenOptions::new()
+        .append(true)
+        .open(u.p("g"))
+        .unwrap()
+        .write_all(b"+")
+        .unwrap();
+    assert_eq!(read(&u.u("g")), "G+", "the first write brings the data up");
     fs::write(u.p("n"), "N").unwrap();
     fs::rename(u.p("n"), u.p("k")).unwrap();
     assert_eq!(read(&u.p("k")), "N");
@@ -273,33 +301,58 @@ fn rename_of_a_lower_file_copies_up_and_whiteouts() {
 }
 
 #[test]
-fn rename_of_a_lower_or_merged_dir_gives_exdev() {
+fn renaming_lower_and_merged_dirs_records_redirects() {
     let u = setup("rendir", Via::Compat, |l1, l2| {
-        l2.file("ld/x", "x").file("md/b", "b");
-        l1.file("md/a", "a");
+        l2.file("ld/x", "x").file("md/b", "b").file("ld/sub/s", "s");
+        l1.file("md/a", "a").file("dst/old", "o");
     });
-    assert_eq!(errno_of(fs::rename(u.p("ld"), u.p("ld2"))), libc::EXDEV);
-    assert_eq!(errno_of(fs::rename(u.p("md"), u.p("md2"))), libc::EXDEV);
-    fs::create_dir(u.p("ud")).unwrap();
-    assert_eq!(errno_of(fs::rename(u.p("ld"), u.p("ud/ld"))), libc::EXDEV);
+    fs::rename(u.p("ld"), u.p("ld2")).unwrap();
+    fs::rename(u.p("md"), u.p("dst/md")).unwrap();
     assert_eq!(
-        (ls(&u.p("ld")), ls(&u.p("md"))),
+        (ls(&u.p("ld2")), ls(&u.p("dst/md"))),
         (
-            vec!["x".to_string()],
+            vec!["sub".to_string(), "x".to_string()],
             vec!["a".to_string(), "b".to_string()]
         )
     );
-    assert!(!exists(&u.u("ld2")) && !exists(&u.u("md2")));
-    fs::rename(u.p("ud"), u.p("ud2")).unwrap();
-    assert!(lstat(&u.u("ud2")).is_dir(), "an upper-only dir renames");
-    let mv = run(Command::new("mv").arg(u.p("ld")).arg(u.p("ld3")));
-    assert!(
-        mv.status.success(),
-        "mv falls back to copying: {}",
-        String::from_utf8_lossy(&mv.stderr)
+    assert_eq!(read(&u.p("ld2/sub/s")), "s");
+    assert!(is_whiteout(&u.u("ld")) && is_whiteout(&u.u("md")));
+    assert_eq!(
+        xattr_str(&u.u("ld2"), "trusted.overlay.redirect").unwrap(),
+        "/ld"
     );
     assert_eq!(
-        (read(&u.p("ld3/x")), exists(&u.p("ld"))),
+        xattr_str(&u.u("dst/md"), "trusted.overlay.redirect").unwrap(),
+        "/md"
+    );
+    // Moved again, it still points at where its lower layers hold it.
+    fs::rename(u.p("ld2"), u.p("dst/ld3")).unwrap();
+    assert_eq!(
+        xattr_str(&u.u("dst/ld3"), "trusted.overlay.redirect").unwrap(),
+        "/ld"
+    );
+    fs::write(u.p("dst/ld3/new"), "n").unwrap();
+    drop_caches();
+    assert_eq!(ls(&u.p("dst/ld3")), ["new", "sub", "x"]);
+    assert_eq!(ls(&u.m.mnt), ["dst"]);
+    assert_eq!(ls(&u.p("dst")), ["ld3", "md", "old"]);
+
+    // With redirect_dir=off, directory renames give EXDEV (and mv copies).
+    let s = Scratch::new("rendir-off");
+    LayerBuilder::new(&s.dir("l")).file("ld/x", "x");
+    let (up, w, m) = (s.dir("u"), s.dir("w"), s.dir("m"));
+    let mnt = mount(
+        Via::Unionctl,
+        &[s.path("l")],
+        Some((&up, &w)),
+        &m,
+        &["redirect_dir=off"],
+    );
+    assert_eq!(errno_of(fs::rename(mnt.p("ld"), mnt.p("ld2"))), libc::EXDEV);
+    let mv = run(Command::new("mv").arg(mnt.p("ld")).arg(mnt.p("ld3")));
+    assert!(mv.status.success(), "mv falls back to copying");
+    assert_eq!(
+        (read(&mnt.p("ld3/x")), exists(&mnt.p("ld"))),
         ("x".into(), false)
     );
 }

@@ -3,6 +3,11 @@
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Duration;
+
+/// How long an open that conflicts with passthrough handles waits for
+/// releases already on their way.
+const RELEASE_GRACE: Duration = Duration::from_millis(200);
 
 use fuser::{FileHandle, FopenFlags};
 
@@ -37,13 +42,25 @@ impl UnionFs {
             return Ok((fh, None));
         }
         let node = file.node().id;
-        let backing = match self
-            .backings
-            .acquire(node, file.in_upper(), || register(&file))
-        {
-            Decision::Passthrough(id) => Some(id),
-            Decision::Cached => None,
-            Decision::Conflict => return Err(fuser::Errno::ETXTBSY),
+        // close() returns before the kernel's RELEASE reaches us, so a
+        // conflict may be a handle already closed: give in-flight releases
+        // a moment before calling the file busy.
+        let mut waited = Duration::ZERO;
+        let mut register = Some(register);
+        let backing = loop {
+            let mut make = || match register.take() {
+                Some(r) => r(&file),
+                None => Err(std::io::Error::other("backing file registered twice")),
+            };
+            match self.backings.acquire(node, file.in_upper(), &mut make) {
+                Decision::Passthrough(id) => break Some(id),
+                Decision::Cached => break None,
+                Decision::Conflict if waited < RELEASE_GRACE => {
+                    std::thread::sleep(Duration::from_millis(2));
+                    waited += Duration::from_millis(2);
+                }
+                Decision::Conflict => return Err(fuser::Errno::ETXTBSY),
+            }
         };
         self.files.insert(
             fh,

@@ -50,6 +50,16 @@ impl XattrNs {
         }
     }
 
+    /// Where a moved directory's lower layers are (`redirect_dir`): an
+    /// absolute path from the layer roots, or a name in the parent's lower
+    /// directories.
+    pub fn redirect(self) -> &'static CStr {
+        match self {
+            XattrNs::Trusted => c"trusted.overlay.redirect",
+            XattrNs::User => c"user.overlay.redirect",
+        }
+    }
+
     /// The kernel's mark on an upper file that holds metadata only: its data
     /// is still the lower file's (metadata-only copy-up, `metacopy=on`).
     pub fn metacopy(self) -> &'static CStr {
@@ -78,6 +88,8 @@ const OPAQUE_ATTRS: [&CStr; 3] = [
 const WHITEOUT_ATTRS: [&CStr; 2] = [c"trusted.overlay.whiteout", c"user.overlay.whiteout"];
 const XWHITEOUTS_ATTRS: [&CStr; 2] = [c"trusted.overlay.xwhiteouts", c"user.overlay.xwhiteouts"];
 const IMPURE_ATTRS: [&CStr; 2] = [c"trusted.overlay.impure", c"user.overlay.impure"];
+/// Where [`XattrNs::redirect`] is read from, in either namespace.
+pub const REDIRECT_ATTRS: [&CStr; 2] = [c"trusted.overlay.redirect", c"user.overlay.redirect"];
 /// Where [`XattrNs::metacopy`] is read from, in either namespace.
 pub const METACOPY_ATTRS: [&CStr; 2] = [c"trusted.overlay.metacopy", c"user.overlay.metacopy"];
 /// Where [`XattrNs::origin`] is read from, in either namespace.
@@ -127,7 +139,7 @@ pub fn is_whiteout_dev(st: &Stat) -> bool {
 }
 
 /// What a directory's own xattrs say about it.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct DirMarks {
     /// Hides everything below it in lower layers.
     pub opaque: bool,
@@ -135,6 +147,8 @@ pub struct DirMarks {
     pub xwhiteouts: bool,
     /// Holds entries with borrowed inode numbers (`impure`).
     pub impure: bool,
+    /// Its lower layers are elsewhere (`redirect`): the raw xattr value.
+    pub redirect: Option<Vec<u8>>,
 }
 
 /// Reads the marks of directory `name` in `parent` (or of `parent` itself
@@ -158,6 +172,9 @@ pub fn dir_marks(parent: &Dir, name: &CStr) -> SysResult<DirMarks> {
             marks.xwhiteouts = true;
         } else if IMPURE_ATTRS.iter().any(|o| o.to_bytes() == attr) {
             marks.impure = true;
+        } else if REDIRECT_ATTRS.iter().any(|o| o.to_bytes() == attr) {
+            let attr = CString::new(attr).map_err(|_| Errno::EINVAL)?;
+            marks.redirect = parent.get_xattr(name, &attr)?.filter(|v| !v.is_empty());
         }
     }
     if !marks.opaque {
@@ -224,6 +241,18 @@ pub fn is_metacopy(parent: &Dir, name: &CStr) -> SysResult<bool> {
         }
     }
     Ok(false)
+}
+
+/// The redirect xattr of entry `name` of `parent`, if any.
+pub fn redirect_of(parent: &Dir, name: &CStr) -> SysResult<Option<Vec<u8>>> {
+    for attr in REDIRECT_ATTRS {
+        match parent.get_xattr(name, attr) {
+            Ok(Some(v)) if !v.is_empty() => return Ok(Some(v)),
+            Ok(_) | Err(Errno::ENOTSUP) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(None)
 }
 
 /// Marks directory `name` of `parent` opaque.

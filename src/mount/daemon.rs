@@ -176,6 +176,7 @@ fn start(prepared: Prepared) -> Result<Started, MountError> {
         acl: o.acl,
         static_nlink: o.static_nlink,
         metacopy: o.metacopy,
+        redirect_dir: o.redirect_dir,
         ..UnionConfig::default()
     };
     let union = Union::new(prepared.lowers, upper, cfg)

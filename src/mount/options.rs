@@ -31,6 +31,8 @@ pub struct Options {
     pub writeback: bool,
     /// Metadata-only copy-up (`metacopy=off` copies data every time).
     pub metacopy: bool,
+    /// Directory renames with redirects (`redirect_dir=off`: EXDEV).
+    pub redirect_dir: bool,
     pub allow_other: bool,
     pub allow_root: bool,
     pub suid: bool,
@@ -63,6 +65,7 @@ impl Default for Options {
             passthrough: true,
             writeback: true,
             metacopy: true,
+            redirect_dir: true,
             allow_other: true,
             allow_root: false,
             suid: true,
@@ -112,10 +115,6 @@ pub const ADVISORY: &[(&str, &str)] = &[
     (
         "xino",
         "layers on different filesystems always get distinct inode numbers",
-    ),
-    (
-        "redirect_dir",
-        "directory redirects are not written yet; renaming a lower directory gives EXDEV",
     ),
     (
         "index",
@@ -273,6 +272,17 @@ impl Options {
             "passthrough" => self.passthrough = flag(value, key)?,
             "writeback" => self.writeback = flag(value, key)?,
             "metacopy" => self.metacopy = flag(value, key)?,
+            "redirect_dir" => {
+                self.redirect_dir = match value {
+                    None | Some("on" | "follow") => true,
+                    Some("off" | "nofollow") => false,
+                    Some(v) => {
+                        return Err(MountError::Option(format!(
+                            "redirect_dir={v}: expected on, follow, nofollow or off"
+                        )))
+                    }
+                }
+            }
             "timeout" => {
                 let v = need(key, value)?;
                 let secs: f64 = v

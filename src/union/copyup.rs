@@ -175,7 +175,10 @@ impl Union {
                 sys::fsync(to.as_fd(), false)?;
             }
         }
-        for attr in whiteout::METACOPY_ATTRS {
+        for attr in whiteout::METACOPY_ATTRS
+            .into_iter()
+            .chain(whiteout::REDIRECT_ATTRS)
+        {
             match up.dir.dir.remove_xattr(up.name(), attr) {
                 Ok(()) | Err(Errno::ENODATA | Errno::ENOTSUP | Errno::EPERM) => {}
                 Err(e) => return Err(e),
@@ -184,6 +187,7 @@ impl Union {
         let mut s = node.state_mut();
         s.metacopy = false;
         s.lowers.clear();
+        s.lower_path = None;
         tracing::debug!(node = node.id, "data copied up");
         Ok(())
     }

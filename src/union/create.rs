@@ -139,7 +139,12 @@ impl Union {
                 }
                 (None, false) => {}
             }
-            if is_dir && (slot.whiteout_dev || slot.whiteout_file) {
+            // Over a deleted name, a new directory must hide what was
+            // there; with redirects the kernel also makes every directory
+            // created in a merged one opaque, so a later move cannot merge
+            // it with a lower directory.
+            let merged_parent = self.cfg.redirect_dir && !parent.state().lowers.is_empty();
+            if is_dir && (slot.whiteout_dev || slot.whiteout_file || merged_parent) {
                 whiteout::set_opaque(at, &at_name, self.cfg.xattr_ns)?;
             }
             Ok(())
@@ -183,6 +188,7 @@ impl Union {
             upper: Some(st),
             lowers: SmallVec::new(),
             metacopy: false,
+            redirect: None,
         };
         let node = self.node_for(parent, name, &found)?;
         match self.attr_of(&node, &st) {
@@ -229,7 +235,8 @@ impl Union {
     ) -> Result<(Arc<Node>, Attr)> {
         let parent = self.node(parent)?;
         let mode = self.prepare_mode(&parent, mode, umask)?;
-        let (node, attr, _) = self.place_new(&parent, name, caller, NewEntry::Dir { mode }, None)?;
+        let (node, attr, _) =
+            self.place_new(&parent, name, caller, NewEntry::Dir { mode }, None)?;
         Ok((node, attr))
     }
 
@@ -317,7 +324,8 @@ impl Union {
             return Err(Errno::EPERM);
         }
         self.upper()?;
-        self.copy_up(&node, CopyData::All)?;
+        self.copy_up(&node, self.data_for_move(&node))?;
+        self.redirect_file(&node)?;
         let (src_dir, src_name) = self.parent_dir(&node, Loc::Upper)?;
         let (linked, attr, _) = self.place_new(
             &newparent,

@@ -68,6 +68,9 @@ pub struct UnionConfig {
     /// a lower file (`metacopy=on`, the kernel's format); data follows on
     /// the first write.
     pub metacopy: bool,
+    /// Rename directories that have lower layers by recording a redirect
+    /// (`redirect_dir=on`, the kernel's format); off gives EXDEV.
+    pub redirect_dir: bool,
     /// Report 1 as the link count of every directory (`static_nlink`).
     pub static_nlink: bool,
     /// Open directory fds kept for lookups.
@@ -81,6 +84,7 @@ impl Default for UnionConfig {
             fsync: true,
             acl: true,
             metacopy: true,
+            redirect_dir: true,
             static_nlink: false,
             dir_cache_size: 4096,
         }
@@ -217,6 +221,7 @@ impl Union {
                     ino: u64::MAX,
                 },
                 metacopy: false,
+                lower_path: None,
                 unlinked: false,
                 orphan: None,
             },
@@ -283,33 +288,48 @@ impl Union {
         self.xino.ino(st.dev(), st.ino())
     }
 
-    /// The path of a node relative to the layer roots (`.` for the root).
-    fn path_of(&self, node: &Node) -> Result<CString> {
+    /// The path of a node relative to the layer roots (`.` for the root):
+    /// its names in the upper layer, or with `lower` the path its lower
+    /// layers hold it at (which differs below a moved directory).
+    fn path_of(&self, node: &Node, lower: bool) -> Result<CString> {
         let mut parts: Vec<CString> = Vec::new();
+        let mut base: Option<Arc<CString>> = None;
         let mut cur = {
             let st = node.state();
             if st.unlinked {
                 return Err(Errno::ENOENT);
             }
-            st.link().cloned()
+            if lower {
+                base = st.lower_path.clone();
+            }
+            if base.is_some() {
+                None
+            } else {
+                st.link().cloned()
+            }
         };
         while let Some(link) = cur {
             parts.push(link.name);
-            cur = link.parent.state().link().cloned();
+            let st = link.parent.state();
+            if lower && st.lower_path.is_some() {
+                base = st.lower_path.clone();
+                break;
+            }
+            cur = st.link().cloned();
             if parts.len() > 4096 {
                 tracing::error!(node = node.id, "node parent chain does not end at the root");
                 return Err(Errno::ELOOP);
             }
         }
-        if parts.is_empty() {
-            return Ok(c".".to_owned());
-        }
-        let mut path = Vec::new();
-        for (i, p) in parts.iter().rev().enumerate() {
-            if i > 0 {
+        let mut path: Vec<u8> = base.map(|b| b.to_bytes().to_vec()).unwrap_or_default();
+        for p in parts.iter().rev() {
+            if !path.is_empty() {
                 path.push(b'/');
             }
             path.extend_from_slice(p.to_bytes());
+        }
+        if path.is_empty() {
+            return Ok(c".".to_owned());
         }
         CString::new(path).map_err(|_| Errno::EINVAL)
     }
@@ -320,7 +340,7 @@ impl Union {
         if let Some(d) = self.dirs.get(dir.id, loc) {
             return Ok(d);
         }
-        let path = self.path_of(dir)?;
+        let path = self.path_of(dir, loc != Loc::Upper)?;
         let opened = Arc::new(CachedDir::new(self.layer(loc)?.open_dir(&path)?));
         self.dirs.insert(dir.id, loc, opened.clone());
         Ok(opened)
@@ -351,14 +371,43 @@ impl Union {
 
     fn real_in(&self, node: &Arc<Node>, loc: Loc) -> Result<Real> {
         if node.is_dir() {
-            Ok(Real {
+            return Ok(Real {
                 dir: self.dir(node, loc)?,
                 name: CString::default(),
-            })
-        } else {
-            let (dir, name) = self.parent_dir(node, loc)?;
-            Ok(Real { dir, name })
+            });
         }
+        // A moved metadata-only file keeps its data where its redirect says.
+        let redirected = match loc {
+            Loc::Lower(_) => node.state().lower_path.clone(),
+            Loc::Upper => None,
+        };
+        if let Some(path) = redirected {
+            let bytes = path.to_bytes();
+            let (dir, name) = match bytes.iter().rposition(|&b| b == b'/') {
+                Some(i) => (&bytes[..i], &bytes[i + 1..]),
+                None => (&b"."[..], bytes),
+            };
+            let dir = CString::new(dir).map_err(|_| Errno::EINVAL)?;
+            let name = CString::new(name).map_err(|_| Errno::EINVAL)?;
+            return Ok(Real {
+                dir: Arc::new(CachedDir::new(self.layer(loc)?.open_dir(&dir)?)),
+                name,
+            });
+        }
+        let (dir, name) = self.parent_dir(node, loc)?;
+        Ok(Real { dir, name })
+    }
+
+    /// Where the lower layers hold a node (for a file: its data), as an
+    /// absolute redirect value.
+    fn redirect_value(&self, node: &Arc<Node>) -> Result<(Arc<CString>, Vec<u8>)> {
+        let path = match node.state().lower_path.clone() {
+            Some(p) => p,
+            None => Arc::new(self.path_of(node, true)?),
+        };
+        let mut value = b"/".to_vec();
+        value.extend_from_slice(path.to_bytes());
+        Ok((path, value))
     }
 
     /// Filesystem statistics (of the upper layer, else the top lower).

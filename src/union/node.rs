@@ -83,6 +83,10 @@ pub struct NodeState {
     pub key: RealId,
     /// The upper copy holds metadata only; the data is still in `lowers[0]`.
     pub metacopy: bool,
+    /// A moved directory: where its lower layers hold it (relative to the
+    /// layer roots). Its descendants are found below that path in the lower
+    /// layers, and below their own names in the upper layer.
+    pub lower_path: Option<Arc<CString>>,
     /// All names were removed; the node lives on only while open.
     pub unlinked: bool,
     /// After the last name is gone: an `O_PATH` fd on the real object, so
@@ -99,6 +103,7 @@ impl NodeState {
             lowers: SmallVec::new(),
             key: RealId { dev: 0, ino: 0 },
             metacopy: false,
+            lower_path: None,
             unlinked: true,
             orphan: None,
         }

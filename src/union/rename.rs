@@ -88,9 +88,16 @@ impl Union {
         }
 
         check_kinds(&src, dst.as_ref(), exchange)?;
-        if src.kind == Kind::Dir && !src.lowers.is_empty() {
-            return Err(Errno::EXDEV);
-        }
+        // A directory with lower layers moves with a redirect to where they
+        // hold it (kernel redirect_dir); without redirects, EXDEV.
+        let redirect = if src.kind == Kind::Dir && !src.lowers.is_empty() {
+            if !self.cfg.redirect_dir || exchange {
+                return Err(Errno::EXDEV);
+            }
+            Some(self.redirect_value(&src_node)?)
+        } else {
+            None
+        };
         if exchange
             && dst
                 .as_ref()
@@ -104,7 +111,10 @@ impl Union {
             }
         }
 
-        self.copy_up(&src_node, CopyData::All)?;
+        // A lower file moves as a metadata-only copy that points at its
+        // data, as the kernel does with metacopy and redirects.
+        self.copy_up(&src_node, self.data_for_move(&src_node))?;
+        self.redirect_file(&src_node)?;
         self.copy_up(&parent, CopyData::All)?;
         self.copy_up(&newparent, CopyData::All)?;
         if let (Some(d), true) = (&dst_node, exchange) {
@@ -121,10 +131,17 @@ impl Union {
             return Ok(());
         }
 
+        let redirected = redirect.is_some();
+        if let Some((target, value)) = redirect {
+            let up = self.dir(&parent, Loc::Upper)?;
+            up.dir
+                .set_xattr(name, self.cfg.xattr_ns.redirect(), &value, 0)?;
+            src_node.state_mut().lower_path = Some(target);
+        }
         if let Some(d) = &dst_node {
             self.keep_orphan(d);
         }
-        self.rename_replace(&parent, name, &newparent, newname, src.kind)?;
+        self.rename_replace(&parent, name, &newparent, newname, src.kind, redirected)?;
         if let Some(d) = &dst_node {
             self.unlink_node(d, &newparent, newname);
         }
@@ -132,13 +149,45 @@ impl Union {
         self.note_moved(&src_node, &newparent, newname)
     }
 
+    /// How much data a file that is about to move (or gain a name) needs
+    /// in the upper layer: none with metacopy and redirects, else all.
+    pub(super) fn data_for_move(&self, node: &Node) -> CopyData {
+        if self.cfg.metacopy && self.cfg.redirect_dir && node.kind == Kind::File {
+            CopyData::Meta
+        } else {
+            CopyData::All
+        }
+    }
+
+    /// Gives a metadata-only file about to move a redirect to its data
+    /// (once: it keeps pointing at the same lower file).
+    pub(super) fn redirect_file(&self, node: &Arc<Node>) -> Result<()> {
+        {
+            let st = node.state();
+            if !st.metacopy || st.lower_path.is_some() || node.is_dir() {
+                return Ok(());
+            }
+        }
+        let (path, value) = self.redirect_value(node)?;
+        let up = self.real_in(node, Loc::Upper)?;
+        up.dir
+            .dir
+            .set_xattr(up.name(), self.cfg.xattr_ns.redirect(), &value, 0)?;
+        node.state_mut().lower_path = Some(path);
+        Ok(())
+    }
+
     /// A file that arrives in a directory with an inode number it brought
     /// from elsewhere makes that directory impure (see `mark_impure`).
     fn note_moved(&self, node: &Arc<Node>, dir: &Arc<Node>, name: &CStr) -> Result<()> {
+        let to = self.dir(dir, Loc::Upper)?;
         if node.is_dir() {
+            // Lookups look for redirects in impure directories only.
+            if node.state().lower_path.is_some() {
+                self.mark_impure(&to);
+            }
             return Ok(());
         }
-        let to = self.dir(dir, Loc::Upper)?;
         if let Some(st) = to.dir.stat(name)? {
             if self.st_ino(&st) != node.id {
                 self.mark_impure(&to);
@@ -156,6 +205,7 @@ impl Union {
         newparent: &Arc<Node>,
         newname: &CStr,
         kind: Kind,
+        redirected: bool,
     ) -> Result<()> {
         let upper = self.upper()?;
         let needs_whiteout = self.lower_has(parent, name)?;
@@ -164,8 +214,9 @@ impl Union {
         let to = self.dir(newparent, Loc::Upper)?;
         let is_dir = kind == Kind::Dir;
 
-        if is_dir && dst_has_lower {
-            // Arriving over a lower directory, it must not merge with it.
+        if is_dir && dst_has_lower && !redirected {
+            // Arriving over a lower directory, it must not merge with it. (A
+            // redirected one merges only with the layers its redirect names.)
             whiteout::set_opaque(&from.dir, name, self.cfg.xattr_ns)?;
         }
 

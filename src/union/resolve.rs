@@ -8,7 +8,7 @@
 //!   name below are merged into it until an opaque one, a non-directory or a
 //!   whiteout ends the merge.
 
-use std::ffi::CStr;
+use std::ffi::{CStr, CString};
 use std::sync::Arc;
 
 use nix::errno::Errno;
@@ -29,6 +29,8 @@ pub(super) struct Found {
     pub lowers: SmallVec<[(u16, Stat); 2]>,
     /// The upper file holds metadata only; its data is `lowers[0]`'s.
     pub metacopy: bool,
+    /// A moved directory: the path its lower layers hold it at.
+    pub redirect: Option<CString>,
 }
 
 impl Found {
@@ -39,6 +41,7 @@ impl Found {
             upper: None,
             lowers: SmallVec::new(),
             metacopy: false,
+            redirect: None,
         };
         match loc {
             Loc::Upper => f.upper = Some(st),
@@ -138,8 +141,14 @@ impl Union {
                             && cd.is_impure()
                             && whiteout::is_metacopy(&cd.dir, name)?
                         {
+                            let redirect = whiteout::redirect_of(&cd.dir, name)?;
                             if let Some(f) = &mut found {
                                 f.metacopy = true;
+                                // Renamed or linked: its data is elsewhere.
+                                if let Some(target) = redirect {
+                                    self.follow_redirect(parent, f, &target)?;
+                                    break;
+                                }
                             }
                             continue;
                         }
@@ -155,16 +164,89 @@ impl Union {
                     }
                 }
             }
-            // A directory: does it hide the layers below?
+            // A directory: does it hide the layers below, or were its lower
+            // layers moved elsewhere? (Moved directories live in impure
+            // parents, and may have lowers where the parent has none.)
             let more_below = i + 1 < locs.len();
-            if more_below
-                && (scan.wh_names.contains(name.to_bytes())
-                    || whiteout::dir_marks(&cd.dir, name)?.opaque)
-            {
-                break;
+            let upper_moved = loc == Loc::Upper && cd.is_impure();
+            if more_below || upper_moved {
+                if scan.wh_names.contains(name.to_bytes()) {
+                    break;
+                }
+                let marks = whiteout::dir_marks(&cd.dir, name)?;
+                if marks.opaque {
+                    break;
+                }
+                if let (Loc::Upper, Some(target)) = (loc, &marks.redirect) {
+                    if let Some(f) = &mut found {
+                        self.follow_redirect(parent, f, target)?;
+                    }
+                    break;
+                }
             }
         }
         Ok(found)
+    }
+
+    /// Finds the lower layers of a moved upper directory (or the data of a
+    /// moved metadata-only file) at the path its redirect names, one layer
+    /// at a time, as the kernel does.
+    fn follow_redirect(&self, parent: &Arc<Node>, f: &mut Found, target: &[u8]) -> Result<()> {
+        let want_dir = f.kind == Kind::Dir;
+        let path = match target.strip_prefix(b"/") {
+            Some(abs) => abs.to_vec(),
+            None => {
+                let mut p = self.path_of(parent, true)?.into_bytes();
+                if p == b"." {
+                    p.clear();
+                } else {
+                    p.push(b'/');
+                }
+                p.extend_from_slice(target);
+                p
+            }
+        };
+        let sane = !path.is_empty()
+            && path
+                .split(|&b| b == b'/')
+                .all(|c| !c.is_empty() && c != b"." && c != b"..");
+        if !sane {
+            tracing::warn!(redirect = ?String::from_utf8_lossy(target), "ignoring a malformed redirect");
+            return Ok(());
+        }
+        let (dir_path, name) = match path.iter().rposition(|&b| b == b'/') {
+            Some(i) => (path[..i].to_vec(), path[i + 1..].to_vec()),
+            None => (b".".to_vec(), path.clone()),
+        };
+        let dir_path = CString::new(dir_path).map_err(|_| Errno::EINVAL)?;
+        let name = CString::new(name).map_err(|_| Errno::EINVAL)?;
+        let wh = whiteout::whiteout_name(&name);
+        for (l, layer) in self.lowers.iter().enumerate() {
+            let dir = match layer.open_dir(&dir_path) {
+                Ok(d) => d,
+                Err(Errno::ENOENT | Errno::ENOTDIR) => continue,
+                Err(e) => return Err(e),
+            };
+            match dir.stat(&name)? {
+                None if dir.stat(&wh)?.is_some() => break,
+                None => continue,
+                Some(st) if !want_dir => {
+                    if st.kind() == Some(Kind::File) {
+                        f.lowers.push((l as u16, st));
+                    }
+                    break;
+                }
+                Some(st) if !st.is_dir() => break,
+                Some(st) => {
+                    f.lowers.push((l as u16, st));
+                    if whiteout::dir_marks(&dir, &name)?.opaque {
+                        break;
+                    }
+                }
+            }
+        }
+        f.redirect = Some(CString::new(path).map_err(|_| Errno::EINVAL)?);
+        Ok(())
     }
 
     /// Whether `name` exists in the lower layers merged into `parent`, i.e.
@@ -195,6 +277,7 @@ impl Union {
                 lowers: found.lowers.iter().map(|(l, _)| *l).collect(),
                 key,
                 metacopy: found.metacopy,
+                lower_path: found.redirect.clone().map(Arc::new),
                 unlinked: false,
                 orphan: None,
             };
