@@ -182,3 +182,53 @@ fn metacopy_off_copies_data() {
     assert!(!metacopy_mark(&u.join("big")));
     assert_eq!(fs::read(u.join("big")).unwrap(), big_data());
 }
+
+/// A lower file linked into another directory becomes a metadata-only copy
+/// there; after a remount both names must still read its data (the new
+/// directory must be marked for it), and the copy-up must not change the
+/// directories' times.
+#[test]
+fn linked_and_moved_files_keep_their_data_across_remounts() {
+    let s = Scratch::new("meta-link");
+    let l = LayerBuilder::new(&s.dir("l"));
+    l.file("x/solo", "solo")
+        .file("x/moved", "moved")
+        .dir("b")
+        .dir("c");
+    let past = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_000_000_000);
+    fs::File::open(s.path("l/x"))
+        .unwrap()
+        .set_modified(past)
+        .unwrap();
+    let lowers = vec![s.path("l")];
+    let (u, w, m) = (s.dir("u"), s.dir("w"), s.dir("m"));
+    let mut mnt = mount(Via::Unionctl, &lowers, Some((&u, &w)), &m, &[]);
+    fs::hard_link(m.join("x/solo"), m.join("b/solo2")).unwrap();
+    assert_eq!(
+        fs::metadata(u.join("x")).unwrap().modified().unwrap(),
+        past,
+        "copying x up for the link must keep its times"
+    );
+    fs::rename(m.join("x/moved"), m.join("c/moved")).unwrap();
+    mnt.unmount();
+    for via in [Via::Unionctl, Via::Kernel] {
+        let mut mnt = mount(via, &lowers, Some((&u, &w)), &m, &[]);
+        drop_caches();
+        assert_eq!(
+            fs::read_to_string(m.join("b/solo2")).unwrap(),
+            "solo",
+            "{via:?}"
+        );
+        assert_eq!(
+            fs::read_to_string(m.join("x/solo")).unwrap(),
+            "solo",
+            "{via:?}"
+        );
+        assert_eq!(
+            fs::read_to_string(m.join("c/moved")).unwrap(),
+            "moved",
+            "{via:?}"
+        );
+        mnt.unmount();
+    }
+}

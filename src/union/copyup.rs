@@ -129,8 +129,14 @@ impl Union {
         if meta_only {
             work.set_xattr(&tmp, self.cfg.xattr_ns.metacopy(), b"", 0)?;
         }
+        // A copy-up is not a change of the directory: keep its times, as
+        // the kernel does.
+        let parent_times = dst_parent.dir.stat_self()?;
         work.rename(&tmp, &dst_parent.dir, &name, libc::RENAME_NOREPLACE)?;
         guard.armed = false;
+        dst_parent
+            .dir
+            .utimens(c"", &[parent_times.atime(), parent_times.mtime()])?;
 
         let new = dst_parent.dir.stat(&name)?.ok_or(Errno::EIO)?;
         {

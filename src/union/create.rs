@@ -327,6 +327,11 @@ impl Union {
         self.copy_up(&node, self.data_for_move(&node))?;
         self.redirect_file(&node)?;
         let (src_dir, src_name) = self.parent_dir(&node, Loc::Upper)?;
+        // The new name carries an inode number from elsewhere (and maybe a
+        // metadata-only copy): its directory must say so before it exists.
+        self.copy_up(&newparent, CopyData::All)?;
+        let to = self.dir(&newparent, Loc::Upper)?;
+        self.mark_impure(&to);
         let (linked, attr, _) = self.place_new(
             &newparent,
             newname,

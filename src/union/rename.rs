@@ -141,6 +141,13 @@ impl Union {
         if let Some(d) = &dst_node {
             self.keep_orphan(d);
         }
+        // A moved file or directory brings its inode number (and maybe a
+        // redirect or a metadata-only copy) along: mark its new directory
+        // before it arrives there.
+        if redirected || self.borrows_identity(&src_node)? {
+            let to = self.dir(&newparent, Loc::Upper)?;
+            self.mark_impure(&to);
+        }
         self.rename_replace(&parent, name, &newparent, newname, src.kind, redirected)?;
         if let Some(d) = &dst_node {
             self.unlink_node(d, &newparent, newname);
@@ -175,6 +182,19 @@ impl Union {
             .set_xattr(up.name(), self.cfg.xattr_ns.redirect(), &value, 0)?;
         node.state_mut().lower_path = Some(path);
         Ok(())
+    }
+
+    /// Whether a non-directory's upper copy carries an inode number or data
+    /// from elsewhere (a copy-up), which its directory must be marked for.
+    fn borrows_identity(&self, node: &Arc<Node>) -> Result<bool> {
+        if node.is_dir() {
+            return Ok(false);
+        }
+        if node.state().metacopy {
+            return Ok(true);
+        }
+        let st = self.real_in(node, Loc::Upper)?.stat()?;
+        Ok(self.st_ino(&st) != node.id)
     }
 
     /// A file that arrives in a directory with an inode number it brought

@@ -134,11 +134,11 @@ impl Union {
                 None => {
                     found = Found::new(loc, st);
                     if !st.is_dir() {
-                        // Only copy-ups make metacopy files, and every
-                        // copy-up marks its directory impure.
+                        // Any upper file may hold metadata only (others
+                        // write uppers too): check every one, as the
+                        // kernel does with metacopy on.
                         if loc == Loc::Upper
                             && st.kind() == Some(Kind::File)
-                            && cd.is_impure()
                             && whiteout::is_metacopy(&cd.dir, name)?
                         {
                             let redirect = whiteout::redirect_of(&cd.dir, name)?;
