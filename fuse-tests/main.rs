@@ -5,6 +5,7 @@
 mod harness;
 
 mod cli;
+mod hardlinks;
 mod metacopy;
 mod passthrough;
 mod reference;

@@ -60,6 +60,15 @@ impl XattrNs {
         }
     }
 
+    /// On an indexed copy of a lower hard-linked file: how many names the
+    /// lower file had (what `stat` keeps reporting as the link count).
+    pub fn nlink(self) -> &'static CStr {
+        match self {
+            XattrNs::Trusted => c"trusted.overlay.layerfs.nlink",
+            XattrNs::User => c"user.overlay.layerfs.nlink",
+        }
+    }
+
     /// The kernel's mark on an upper file that holds metadata only: its data
     /// is still the lower file's (metadata-only copy-up, `metacopy=on`).
     pub fn metacopy(self) -> &'static CStr {
@@ -90,6 +99,11 @@ const XWHITEOUTS_ATTRS: [&CStr; 2] = [c"trusted.overlay.xwhiteouts", c"user.over
 const IMPURE_ATTRS: [&CStr; 2] = [c"trusted.overlay.impure", c"user.overlay.impure"];
 /// Where [`XattrNs::redirect`] is read from, in either namespace.
 pub const REDIRECT_ATTRS: [&CStr; 2] = [c"trusted.overlay.redirect", c"user.overlay.redirect"];
+/// Where [`XattrNs::nlink`] is read from, in either namespace.
+pub const NLINK_ATTRS: [&CStr; 2] = [
+    c"trusted.overlay.layerfs.nlink",
+    c"user.overlay.layerfs.nlink",
+];
 /// Where [`XattrNs::metacopy`] is read from, in either namespace.
 pub const METACOPY_ATTRS: [&CStr; 2] = [c"trusted.overlay.metacopy", c"user.overlay.metacopy"];
 /// Where [`XattrNs::origin`] is read from, in either namespace.

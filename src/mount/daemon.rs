@@ -165,8 +165,8 @@ fn start(prepared: Prepared) -> Result<Started, MountError> {
     let (upper, lock) = match prepared.upper {
         Some((layer, workdir)) => {
             let work_path = o.work.clone().unwrap_or_default();
-            let (lock, scratch) = claim_workdir(&workdir, &work_path)?;
-            (Some(Upper::new(layer, scratch)), Some(lock))
+            let (lock, scratch, index) = claim_workdir(&workdir, &work_path)?;
+            (Some(Upper::new(layer, scratch, index)), Some(lock))
         }
         None => (None, None),
     };

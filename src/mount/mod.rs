@@ -277,10 +277,11 @@ pub fn in_initial_user_ns() -> bool {
 }
 
 /// Takes the work directory for this mount: an exclusive lock (a second
-/// daemon on the same upper layer is refused) and an empty `work/`
-/// subdirectory, the scratch space of copy-ups. Leftovers of a crash are
-/// removed here, before anything can see them.
-pub fn claim_workdir(work: &Dir, path: &Path) -> Result<(OwnedFd, Dir), MountError> {
+/// daemon on the same upper layer is refused), an empty `work/`
+/// subdirectory, the scratch space of copy-ups, and `layerfs-index/`, the
+/// copied-up lower hard links (kept across mounts). Leftovers of a crash
+/// are removed here, before anything can see them.
+pub fn claim_workdir(work: &Dir, path: &Path) -> Result<(OwnedFd, Dir, Dir), MountError> {
     let lock = work
         .try_clone()
         .map_err(|e| MountError::path("work directory", path, e))?;
@@ -332,7 +333,15 @@ pub fn claim_workdir(work: &Dir, path: &Path) -> Result<(OwnedFd, Dir), MountErr
     let sub = work
         .open_subdir(scratch)
         .map_err(|e| MountError::path("work directory", path, e))?;
-    Ok((fd, sub))
+    let index = c"layerfs-index";
+    match work.mkdir(index, 0o700) {
+        Ok(()) | Err(Errno::EEXIST) => {}
+        Err(e) => return Err(MountError::path("work directory", path, e)),
+    }
+    let index = work
+        .open_subdir(index)
+        .map_err(|e| MountError::path("work directory", path, e))?;
+    Ok((fd, sub, index))
 }
 
 impl From<Errno> for MountError {

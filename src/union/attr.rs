@@ -127,6 +127,10 @@ impl Union {
             }
         } else if state.unlinked && !state.upper {
             attr.nlink = 0;
+        } else if state.upper && state.index_nlink > 0 {
+            // The index holds one link; the lower names not yet linked up
+            // count as links.
+            attr.nlink = (attr.nlink.saturating_sub(1)).max(state.index_nlink);
         }
         // A metadata-only copy uses the lower file's blocks.
         let data_layer = state

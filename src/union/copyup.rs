@@ -7,7 +7,7 @@
 //! or a complete copy in the upper layer; leftovers in the work directory
 //! are removed at the next mount.
 
-use std::ffi::CStr;
+use std::ffi::{CStr, CString};
 use std::os::fd::{AsFd, BorrowedFd};
 use std::sync::Arc;
 
@@ -15,7 +15,7 @@ use nix::errno::Errno;
 
 use super::dircache::CachedDir;
 use super::node::{Loc, Node, RealId};
-use super::{Result, Union};
+use super::{Result, Union, Upper};
 use crate::layer::sys;
 use crate::layer::whiteout;
 use crate::layer::{Dir, Kind, Stat};
@@ -88,6 +88,16 @@ impl Union {
         let st = src.dir.stat(&name)?.ok_or(Errno::ENOENT)?;
         let dst_parent = self.dir(&parent, Loc::Upper)?;
 
+        // A lower file with several names that was copied up through
+        // another one: this name becomes a link to that copy.
+        let hardlinked = !node.is_dir() && st.nlink() > 1;
+        let key = Upper::index_key(&st);
+        if hardlinked && upper.index.stat(&key)?.is_some() {
+            let new = self.link_up(&parent, &name, &key)?;
+            self.adopt_upper(node, &dst_parent, &name, &new)?;
+            return Ok(());
+        }
+
         let work = &upper.work;
         let tmp = upper.tmp_name();
         let mut guard = TmpGuard {
@@ -129,6 +139,21 @@ impl Union {
         if meta_only {
             work.set_xattr(&tmp, self.cfg.xattr_ns.metacopy(), b"", 0)?;
         }
+        if hardlinked {
+            // Recorded before the copy is visible: every other name of the
+            // lower file links to it from now on.
+            let nlink = (st.nlink().min(u64::from(u32::MAX)) as u32).to_le_bytes();
+            work.set_xattr(&tmp, self.cfg.xattr_ns.nlink(), &nlink, 0)?;
+            match work.link(&tmp, &upper.index, &key) {
+                Ok(()) => {}
+                Err(Errno::EEXIST) => {
+                    // A copy that never made it into place (a crash).
+                    upper.index.unlink(&key)?;
+                    work.link(&tmp, &upper.index, &key)?;
+                }
+                Err(e) => return Err(e),
+            }
+        }
         // A copy-up is not a change of the directory: keep its times, as
         // the kernel does.
         let parent_times = dst_parent.dir.stat_self()?;
@@ -146,6 +171,9 @@ impl Union {
             if !node.is_dir() && !meta_only {
                 s.lowers.clear();
             }
+            if hardlinked {
+                s.index_nlink = st.nlink().min(u64::from(u32::MAX)) as u32;
+            }
         }
         self.nodes.rekey(
             node,
@@ -156,6 +184,76 @@ impl Union {
         );
         tracing::debug!(node = node.id, ?name, "copied up");
         Ok(())
+    }
+
+    /// Links the indexed copy `key` of a lower hard-linked file into the
+    /// upper directory of `parent` as `name` (through the work directory, so
+    /// the name appears complete), keeping the directory's times.
+    pub(super) fn link_up(&self, parent: &Arc<Node>, name: &CStr, key: &CStr) -> Result<Stat> {
+        let upper = self.upper()?;
+        self.copy_up(parent, CopyData::All)?;
+        let up = self.dir(parent, Loc::Upper)?;
+        self.mark_impure(&up);
+        let tmp = upper.tmp_name();
+        upper.index.link(key, &upper.work, &tmp)?;
+        let times = up.dir.stat_self()?;
+        if let Err(e) = upper
+            .work
+            .rename(&tmp, &up.dir, name, libc::RENAME_NOREPLACE)
+        {
+            let _ = upper.work.unlink(&tmp);
+            return Err(e);
+        }
+        up.dir.utimens(c"", &[times.atime(), times.mtime()])?;
+        tracing::debug!(?name, "linked up a copied lower hard link");
+        up.dir.stat(name)?.ok_or(Errno::EIO)
+    }
+
+    /// Points a node at the upper object `new` now at `name` in `dir`.
+    fn adopt_upper(
+        &self,
+        node: &Arc<Node>,
+        dir: &CachedDir,
+        name: &CStr,
+        new: &Stat,
+    ) -> Result<()> {
+        let metacopy = whiteout::is_metacopy(&dir.dir, name)?;
+        let redirect = whiteout::redirect_of(&dir.dir, name)?;
+        {
+            let mut s = node.state_mut();
+            s.upper = true;
+            s.metacopy = metacopy;
+            if !metacopy {
+                s.lowers.clear();
+            }
+            if let Some(r) = redirect {
+                let path = r.strip_prefix(b"/").unwrap_or(&r).to_vec();
+                s.lower_path = Some(Arc::new(CString::new(path).map_err(|_| Errno::EINVAL)?));
+            }
+            s.index_nlink = self.read_index_nlink(&dir.dir, name)?;
+        }
+        self.nodes.rekey(
+            node,
+            RealId {
+                dev: new.dev(),
+                ino: new.ino(),
+            },
+        );
+        Ok(())
+    }
+
+    /// The lower link count recorded on an indexed copy (0: not indexed).
+    pub(super) fn read_index_nlink(&self, dir: &Dir, name: &CStr) -> Result<u32> {
+        for attr in whiteout::NLINK_ATTRS {
+            match dir.get_xattr(name, attr) {
+                Ok(Some(v)) if v.len() == 4 => {
+                    return Ok(u32::from_le_bytes([v[0], v[1], v[2], v[3]]));
+                }
+                Ok(_) | Err(Errno::ENOTSUP) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(0)
     }
 
     /// Completes a metadata-only copy-up: the data goes into the upper file

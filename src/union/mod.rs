@@ -98,16 +98,26 @@ pub struct Upper {
     /// Where copy-ups and whiteout swaps are prepared before being renamed
     /// into place (`<workdir>/work`, on the upper's filesystem).
     pub work: Dir,
+    /// Copied-up lower files with several names, by their lower identity,
+    /// so every name becomes the same upper inode (kernel `index=on`
+    /// semantics; `<workdir>/layerfs-index`).
+    pub index: Dir,
     seq: AtomicU64,
 }
 
 impl Upper {
-    pub fn new(layer: Layer, work: Dir) -> Upper {
+    pub fn new(layer: Layer, work: Dir, index: Dir) -> Upper {
         Upper {
             layer,
             work,
+            index,
             seq: AtomicU64::new(0),
         }
+    }
+
+    /// Index name of a lower object.
+    fn index_key(st: &Stat) -> CString {
+        CString::new(format!("{:x}-{:x}", st.dev(), st.ino())).unwrap_or_default()
     }
 
     /// A name for a temporary entry in the work directory, unique within
@@ -222,6 +232,7 @@ impl Union {
                 },
                 metacopy: false,
                 lower_path: None,
+                index_nlink: 0,
                 unlinked: false,
                 orphan: None,
             },

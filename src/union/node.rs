@@ -87,6 +87,9 @@ pub struct NodeState {
     /// layer roots). Its descendants are found below that path in the lower
     /// layers, and below their own names in the upper layer.
     pub lower_path: Option<Arc<CString>>,
+    /// An indexed copy of a lower file with this many names (0: none): its
+    /// link count counts those names, not the index entry.
+    pub index_nlink: u32,
     /// All names were removed; the node lives on only while open.
     pub unlinked: bool,
     /// After the last name is gone: an `O_PATH` fd on the real object, so
@@ -104,6 +107,7 @@ impl NodeState {
             key: RealId { dev: 0, ino: 0 },
             metacopy: false,
             lower_path: None,
+            index_nlink: 0,
             unlinked: true,
             orphan: None,
         }

@@ -271,6 +271,13 @@ impl Union {
         let key = found.key();
         let node = self.nodes.acquire(key, found.kind, || {
             let ino = self.ino_for(parent, name, found)?;
+            let index_nlink = match &found.upper {
+                Some(up) if found.kind == Kind::File && up.nlink() >= 2 => {
+                    let cd = self.dir(parent, Loc::Upper)?;
+                    self.read_index_nlink(&cd.dir, name)?
+                }
+                _ => 0,
+            };
             let state = NodeState {
                 links: SmallVec::new(),
                 upper: found.upper.is_some(),
@@ -278,6 +285,7 @@ impl Union {
                 key,
                 metacopy: found.metacopy,
                 lower_path: found.redirect.clone().map(Arc::new),
+                index_nlink,
                 unlinked: false,
                 orphan: None,
             };
@@ -311,12 +319,42 @@ impl Union {
         Ok(self.st_ino(up))
     }
 
+    /// A lower file with several names, one of which was copied up: this
+    /// name becomes a link to that copy, so all names stay one inode (the
+    /// kernel's `index=on`). Returns what the name resolves to then.
+    fn converge_hardlink(
+        &self,
+        parent: &Arc<Node>,
+        name: &CStr,
+        found: &Found,
+    ) -> Result<Option<Found>> {
+        let Some(upper) = &self.upper else {
+            return Ok(None);
+        };
+        let (None, Some((_, st)), Kind::File) = (&found.upper, found.lowers.first(), found.kind)
+        else {
+            return Ok(None);
+        };
+        if st.nlink() < 2 {
+            return Ok(None);
+        }
+        let key = super::Upper::index_key(st);
+        if upper.index.stat(&key)?.is_none() {
+            return Ok(None);
+        }
+        self.link_up(parent, name, &key)?;
+        self.resolve(parent, name)
+    }
+
     /// LOOKUP: the node and attributes of `name` in `parent`, with one more
     /// kernel reference on the node.
     pub fn lookup(&self, parent: NodeId, name: &CStr) -> Result<(Arc<Node>, Attr)> {
         let parent = self.node(parent)?;
         check_name(name).map_err(|e| if e == Errno::EINVAL { Errno::ENOENT } else { e })?;
-        let found = self.resolve(&parent, name)?.ok_or(Errno::ENOENT)?;
+        let mut found = self.resolve(&parent, name)?.ok_or(Errno::ENOENT)?;
+        if let Some(linked) = self.converge_hardlink(&parent, name, &found)? {
+            found = linked;
+        }
         let node = self.node_for(&parent, name, &found)?;
         match self.attr_of(&node, found.top()) {
             Ok(attr) => Ok((node, attr)),
