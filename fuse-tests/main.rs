@@ -6,6 +6,7 @@ mod harness;
 
 mod cli;
 mod hardlinks;
+mod idmap;
 mod metacopy;
 mod passthrough;
 mod reference;

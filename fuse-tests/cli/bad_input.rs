@@ -258,9 +258,16 @@ fn refuses_an_unknown_option() {
 
 #[test]
 fn refuses_an_option_not_implemented_yet() {
+    let mut b = bad("bad-xattrperm");
+    b.extra = Some("xattr_permissions=2".into());
+    b.refused(&["xattr_permissions", "not"]);
+}
+
+#[test]
+fn refuses_a_malformed_uid_mapping() {
     let mut b = bad("bad-uidmap");
-    b.extra = Some("uidmapping=0:1000:1".into());
-    b.refused(&["uidmapping", "not"]);
+    b.extra = Some("uidmapping=0:1000".into());
+    b.refused(&["uidmapping", "triples"]);
 }
 
 #[test]

@@ -21,6 +21,7 @@ use super::record::MountRecord;
 use super::status::{Status, StatusSource};
 use super::{claim_workdir, MountError, Prepared};
 use crate::fuse::{FuseOptions, UnionFs};
+use crate::union::idmap::IdMap;
 use crate::union::{Union, UnionConfig, Upper};
 
 /// How the daemon runs.
@@ -176,6 +177,14 @@ fn start(prepared: Prepared) -> Result<Started, MountError> {
         acl: o.acl,
         static_nlink: o.static_nlink,
         metacopy: o.metacopy,
+        uids: IdMap {
+            ranges: o.uid_ranges.clone(),
+            squash: o.squash_uid.or(o.squash_to_root.then_some(0)),
+        },
+        gids: IdMap {
+            ranges: o.gid_ranges.clone(),
+            squash: o.squash_gid.or(o.squash_to_root.then_some(0)),
+        },
         redirect_dir: o.redirect_dir,
         ..UnionConfig::default()
     };

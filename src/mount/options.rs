@@ -9,6 +9,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use super::MountError;
+use crate::union::idmap::{IdMap, IdRange};
 
 /// Mount options after parsing.
 #[derive(Debug, Clone, PartialEq)]
@@ -33,6 +34,13 @@ pub struct Options {
     pub metacopy: bool,
     /// Directory renames with redirects (`redirect_dir=off`: EXDEV).
     pub redirect_dir: bool,
+    /// `uidmapping=`, `gidmapping=`: stored:shown:count ranges.
+    pub uid_ranges: Vec<IdRange>,
+    pub gid_ranges: Vec<IdRange>,
+    /// `squash_to_uid=` / `squash_to_gid=` / `squash_to_root`.
+    pub squash_uid: Option<u32>,
+    pub squash_gid: Option<u32>,
+    pub squash_to_root: bool,
     pub allow_other: bool,
     pub allow_root: bool,
     pub suid: bool,
@@ -66,6 +74,11 @@ impl Default for Options {
             writeback: true,
             metacopy: true,
             redirect_dir: true,
+            uid_ranges: Vec::new(),
+            gid_ranges: Vec::new(),
+            squash_uid: None,
+            squash_gid: None,
+            squash_to_root: false,
             allow_other: true,
             allow_root: false,
             suid: true,
@@ -135,20 +148,6 @@ pub const ADVISORY: &[(&str, &str)] = &[
 
 /// Options we know and refuse for now, with the reason.
 const REFUSED: &[(&str, &str)] = &[
-    ("uidmapping", "uid mapping is not implemented yet"),
-    ("gidmapping", "gid mapping is not implemented yet"),
-    (
-        "squash_to_root",
-        "ownership squashing is not implemented yet",
-    ),
-    (
-        "squash_to_uid",
-        "ownership squashing is not implemented yet",
-    ),
-    (
-        "squash_to_gid",
-        "ownership squashing is not implemented yet",
-    ),
     (
         "xattr_permissions",
         "override_stat ownership is not implemented yet",
@@ -272,6 +271,26 @@ impl Options {
             "passthrough" => self.passthrough = flag(value, key)?,
             "writeback" => self.writeback = flag(value, key)?,
             "metacopy" => self.metacopy = flag(value, key)?,
+            "uidmapping" => {
+                self.uid_ranges = IdMap::parse(need(key, value)?)
+                    .map_err(|e| MountError::Option(format!("uidmapping={e}")))?
+            }
+            "gidmapping" => {
+                self.gid_ranges = IdMap::parse(need(key, value)?)
+                    .map_err(|e| MountError::Option(format!("gidmapping={e}")))?
+            }
+            "squash_to_root" => self.squash_to_root = true,
+            "squash_to_uid" | "squash_to_gid" => {
+                let v = need(key, value)?;
+                let id: u32 = v
+                    .parse()
+                    .map_err(|_| MountError::Option(format!("{key}={v}: not an id")))?;
+                if key == "squash_to_uid" {
+                    self.squash_uid = Some(id);
+                } else {
+                    self.squash_gid = Some(id);
+                }
+            }
             "redirect_dir" => {
                 self.redirect_dir = match value {
                     None | Some("on" | "follow") => true,
@@ -400,8 +419,12 @@ mod tests {
         let mut o = Options::default();
         let e = o.apply("lowerdir=/a,bogus").unwrap_err().to_string();
         assert!(e.contains("unknown option 'bogus'"), "{e}");
-        let e = o.apply("uidmapping=0:1000:1").unwrap_err().to_string();
+        let e = o.apply("xattr_permissions=2").unwrap_err().to_string();
         assert!(e.contains("not supported"), "{e}");
+        o.apply("uidmapping=:0:100000:65536,gidmapping=0:100000:65536,squash_to_uid=5")
+            .unwrap();
+        assert_eq!((o.uid_ranges.len(), o.squash_uid), (1, Some(5)));
+        assert!(o.apply("uidmapping=1:2").is_err());
         assert!(o.apply("timeout=abc").is_err());
         assert!(o.apply("upperdir=").is_err());
         assert!(o.apply("noxattrs=1").is_err());

@@ -116,6 +116,8 @@ impl Union {
     /// Attributes of a node as `stat` shows them.
     pub(super) fn attr_of(&self, node: &Arc<Node>, st: &Stat) -> Result<Attr> {
         let mut attr = Attr::from_stat(st, node.id).ok_or(Errno::EIO)?;
+        attr.uid = self.cfg.uids.shown(attr.uid);
+        attr.gid = self.cfg.gids.shown(attr.gid);
         let state = node.state();
         if node.is_dir() {
             // Counting subdirectories across layers is not worth it; 1 is
@@ -225,11 +227,17 @@ impl Union {
 
         let real = self.real(&node)?;
         if change.uid.is_some() || change.gid.is_some() {
-            real.dir.dir.chown(
-                real.name(),
-                change.uid.unwrap_or(u32::MAX),
-                change.gid.unwrap_or(u32::MAX),
-            )?;
+            // Ids a client sets are stored through the mapping; one no
+            // range covers cannot be stored.
+            let uid = match change.uid {
+                Some(u) => self.cfg.uids.stored(u).ok_or(Errno::EINVAL)?,
+                None => u32::MAX,
+            };
+            let gid = match change.gid {
+                Some(g) => self.cfg.gids.stored(g).ok_or(Errno::EINVAL)?,
+                None => u32::MAX,
+            };
+            real.dir.dir.chown(real.name(), uid, gid)?;
         }
         if let Some(mode) = change.mode {
             if node.kind != Kind::Symlink {

@@ -18,7 +18,7 @@ use super::copyup::{remove_tree, CopyData};
 use super::dircache::CachedDir;
 use super::node::Loc;
 use super::resolve::{check_name, Found};
-use super::{Attr, Caller, Node, NodeId, OpenFile, Result, Union};
+use super::{idmap, Attr, Caller, Node, NodeId, OpenFile, Result, Union};
 use crate::layer::whiteout;
 use crate::layer::{sys, Dir, Kind, Stat};
 
@@ -104,11 +104,20 @@ impl Union {
         let up = self.dir(parent, Loc::Upper)?;
         let slot = self.slot(parent, &up, name)?;
         let pst = up.dir.stat_self()?;
-        let uid = caller.uid;
+        // The caller's ids as the layers store them (unmapped ids land on
+        // the overflow id, as in a user namespace).
+        let uid = self
+            .cfg
+            .uids
+            .stored(caller.uid)
+            .unwrap_or(idmap::OVERFLOW_ID);
         let gid = if pst.mode() & libc::S_ISGID != 0 {
             pst.gid()
         } else {
-            caller.gid
+            self.cfg
+                .gids
+                .stored(caller.gid)
+                .unwrap_or(idmap::OVERFLOW_ID)
         };
         let is_dir = entry.is_dir();
         let restore_perm = perm.filter(|p| p & (libc::S_ISUID | libc::S_ISGID) != 0);

@@ -14,6 +14,7 @@ mod copyup;
 mod create;
 mod dircache;
 mod file;
+pub mod idmap;
 mod node;
 mod readdir;
 mod remove;
@@ -75,6 +76,10 @@ pub struct UnionConfig {
     pub static_nlink: bool,
     /// Open directory fds kept for lookups.
     pub dir_cache_size: usize,
+    /// uid mapping between the layers and the mount.
+    pub uids: idmap::IdMap,
+    /// gid mapping between the layers and the mount.
+    pub gids: idmap::IdMap,
 }
 
 impl Default for UnionConfig {
@@ -87,6 +92,8 @@ impl Default for UnionConfig {
             redirect_dir: true,
             static_nlink: false,
             dir_cache_size: 4096,
+            uids: idmap::IdMap::default(),
+            gids: idmap::IdMap::default(),
         }
     }
 }
