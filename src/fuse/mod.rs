@@ -449,7 +449,16 @@ impl Filesystem for UnionFs {
             Ok(dir) => {
                 let fh = self.fh();
                 self.dirs.insert(fh, Arc::new(dir));
-                reply.opened(FileHandle(fh), FopenFlags::empty());
+                // A read-only union never changes: the kernel may keep
+                // listings across opens. (Where it can change, a listing
+                // taken before a concurrent change could be cached after
+                // the kernel's invalidation, so it is not kept.)
+                let flags = if self.union.is_read_only() {
+                    FopenFlags::FOPEN_CACHE_DIR | FopenFlags::FOPEN_KEEP_CACHE
+                } else {
+                    FopenFlags::empty()
+                };
+                reply.opened(FileHandle(fh), flags);
             }
             Err(e) => reply.error(errno(e)),
         }

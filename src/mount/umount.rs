@@ -51,7 +51,13 @@ pub fn umount(mountpoint: &Path, lazy: bool) -> Result<(), MountError> {
         });
     }
     if let Some(pid) = pid {
-        wait_exit(pid, Duration::from_secs(30));
+        if !wait_exit(pid, Duration::from_secs(10)) {
+            return Err(MountError::Mount(format!(
+                "{} is unmounted here, but its daemon (pid {pid}) is still serving it: \
+                 another mount namespace still holds the mount",
+                mp.display()
+            )));
+        }
     }
     Ok(())
 }
@@ -78,11 +84,16 @@ fn fusermount_u(mp: &Path, lazy: bool) -> Result<(), MountError> {
     Ok(())
 }
 
-fn wait_exit(pid: i32, limit: Duration) {
+/// Waits for `pid` to exit; false if it still runs after `limit`.
+fn wait_exit(pid: i32, limit: Duration) -> bool {
     let start = Instant::now();
-    while is_running(pid) && start.elapsed() < limit {
+    while is_running(pid) {
+        if start.elapsed() >= limit {
+            return false;
+        }
         std::thread::sleep(Duration::from_millis(2));
     }
+    true
 }
 
 /// Alive and not a zombie (an exited daemon waits for its reaper, which

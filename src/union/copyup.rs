@@ -119,9 +119,12 @@ impl Union {
                 } else if data != CopyData::None && st.size() > 0 {
                     let from = src.dir.open(&name, libc::O_RDONLY)?;
                     copy_data(from.as_fd(), dst.as_fd(), st.size())?;
-                }
-                if self.cfg.fsync {
-                    sys::fsync(dst.as_fd(), false)?;
+                    // Data that came up must be on disk before the copy is
+                    // visible; a metadata-only copy has none to sync (the
+                    // kernel does not sync those either).
+                    if self.cfg.fsync {
+                        sys::fsync(dst.as_fd(), false)?;
+                    }
                 }
             }
             Kind::Symlink => work.symlink(&tmp, &rawcstr(&src.dir.readlink(&name)?)?)?,
