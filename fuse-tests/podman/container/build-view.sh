@@ -1,3 +1,4 @@
+# shellcheck shell=sh disable=SC2016
 # What the image built from Containerfile shows.
 set -u
 view /usr/share/common-licenses /var/lib/dpkg /etc/dpkg /etc/apt /etc/debian_version \

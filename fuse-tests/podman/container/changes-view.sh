@@ -1,3 +1,4 @@
+# shellcheck shell=sh disable=SC2016
 # What an image committed from changes.sh (or a container of it) shows.
 set -u
 view /etc/added /etc/added.symlink /etc/os-release /etc/shells /etc/issue /etc/debian_version \

@@ -1,3 +1,4 @@
+# shellcheck shell=sh
 # Sourced (prepended) by the other in-container scripts; POSIX sh (dash in the fixture image).
 # view PATH...: a stable description of each path and everything below it: type, mode,
 # owner, size, link count and sha256 of files, symlink targets; then which names share an

@@ -1,3 +1,4 @@
+# shellcheck shell=sh disable=SC2016
 # podman run --rm: read, write, delete, rename and hard-link files of the image's lower
 # layers, printing what the container sees after each step. Exit 1 if a check fails.
 set -u
@@ -22,11 +23,16 @@ printf XY | dd of=/etc/debian_version bs=1 seek=1 conv=notrunc 2>/dev/null
 truncate -s 5 /etc/issue.net
 chmod 0600 /etc/shells && chown 1000:1000 /etc/shells
 mkdir -p /opt/newdir/sub && echo z >/opt/newdir/sub/z
-echo appended-g >>/opt/x/g
+# /opt/x/g and /opt/x/hard are one file in the lower layer (g was looked up first, above).
+# Written through one name, that name is copied up and the other keeps the lower file, as
+# with kernel overlayfs without index=on.
+echo appended-hard >>/opt/x/hard
 check "write to lower file" '[ "$(tail -n1 /etc/os-release)" = more ]'
 check "in-place write" '[ "$(head -c 3 /etc/debian_version)" = 1XY ]'
 check "truncate" '[ "$(stat -c %s /etc/issue.net)" = 5 ]'
 check "chown/chmod of a lower file" '[ "$(stat -c %a:%u:%g /etc/shells)" = 600:1000:1000 ]'
+check "write through a lower hard link goes to that name" '[ "$(tail -n1 /opt/x/hard)" = appended-hard ]'
+check "the other name of the lower hard link is unchanged" '[ "$(cat /opt/x/g)" = two ]'
 view /etc/os-release /etc/debian_version /etc/issue.net /etc/shells /opt/newdir /opt/x
 
 echo "## deletes"
@@ -56,9 +62,13 @@ ln /etc/debian_version /etc/debian_version.link
 ln /usr/bin/tail /usr/local/bin/tail.link
 ln /opt/x/new /opt/x/new.link
 ln /etc/passwd /etc/passwd.link && rm /etc/passwd.link
-check "link to a lower file: one inode" 'same_inode /etc/debian_version /etc/debian_version.link'
-check "link across directories: one inode" 'same_inode /usr/bin/tail /usr/local/bin/tail.link'
+# Reported, not checked: kernel overlayfs in a user namespace (rootless) gives the new name
+# of a lower file its upper inode number and the old name its lower one.
+inodes() { if same_inode "$1" "$2"; then echo "$1 $2: one inode"; else echo "$1 $2: two inode numbers"; fi; }
+inodes /etc/debian_version /etc/debian_version.link
+inodes /usr/bin/tail /usr/local/bin/tail.link
 check "link to a new file: one inode" 'same_inode /opt/x/new /opt/x/new.link'
+check "link count of a linked lower file" '[ "$(stat -c %h /etc/debian_version)" = 2 ]'
 echo via-link >>/etc/debian_version.link
 check "write through one name seen through the other" '[ "$(tail -n1 /etc/debian_version)" = via-link ]'
 check "linked binary runs" '[ "$(echo a | /usr/local/bin/tail.link -n1)" = a ]'

@@ -1,0 +1,1 @@
+"""Side-by-side benchmarks of layerfs, kernel overlayfs and fuse-overlayfs."""
