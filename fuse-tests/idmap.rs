@@ -89,3 +89,59 @@ fn mapped_ids_show_shifted_and_store_back() {
     let md = fs::symlink_metadata(m3.join("outside")).unwrap();
     assert_eq!((md.uid(), md.gid()), (0, 0));
 }
+
+/// `xattr_permissions=2`: owner and mode live in user.containers.override_stat
+/// (what rootless containers/storage writes where it cannot chown).
+#[test]
+fn override_stat_xattr_holds_owner_and_mode() {
+    let s = Scratch::new("override");
+    let l = LayerBuilder::new(&s.dir("l"));
+    l.file("recorded", "r").file("plain", "p");
+    layers::set_xattr(
+        &s.path("l/recorded"),
+        "user.containers.override_stat",
+        b"1000:1001:04750:file",
+    );
+    let (u, w, m) = (s.dir("u"), s.dir("w"), s.dir("m"));
+    let mnt = mount(
+        Via::Compat,
+        &[s.path("l")],
+        Some((&u, &w)),
+        &m,
+        &["xattr_permissions=2"],
+    );
+    let md = fs::symlink_metadata(m.join("recorded")).unwrap();
+    assert_eq!(
+        (md.uid(), md.gid(), md.mode() & 0o7777),
+        (1000, 1001, 0o4750)
+    );
+    assert!(
+        !list_xattrs(&m.join("recorded"))
+            .unwrap()
+            .iter()
+            .any(|a| a.contains("override_stat")),
+        "the override xattr is the union's, not the client's"
+    );
+    // chown and chmod write the xattr; the real file keeps its owner.
+    std::os::unix::fs::chown(m.join("plain"), Some(1234), Some(1235)).unwrap();
+    fs::set_permissions(
+        m.join("plain"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
+    let md = fs::symlink_metadata(m.join("plain")).unwrap();
+    assert_eq!(
+        (md.uid(), md.gid(), md.mode() & 0o7777),
+        (1234, 1235, 0o600)
+    );
+    let up = fs::symlink_metadata(u.join("plain")).unwrap();
+    assert_eq!((up.uid(), up.gid()), (0, 0));
+    assert_eq!(
+        get_xattr(&u.join("plain"), "user.containers.override_stat").unwrap(),
+        b"1234:1235:0600"
+    );
+    // New entries record their owner there too.
+    fs::create_dir(m.join("newdir")).unwrap();
+    assert!(get_xattr(&u.join("newdir"), "user.containers.override_stat").is_ok());
+    drop(mnt);
+}

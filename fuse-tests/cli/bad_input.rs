@@ -258,9 +258,9 @@ fn refuses_an_unknown_option() {
 
 #[test]
 fn refuses_an_option_not_implemented_yet() {
-    let mut b = bad("bad-xattrperm");
-    b.extra = Some("xattr_permissions=2".into());
-    b.refused(&["xattr_permissions", "not"]);
+    let mut b = bad("bad-plugins");
+    b.extra = Some("plugins=/x.so".into());
+    b.refused(&["plugins", "not"]);
 }
 
 #[test]

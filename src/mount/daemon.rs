@@ -177,6 +177,11 @@ fn start(prepared: Prepared) -> Result<Started, MountError> {
         acl: o.acl,
         static_nlink: o.static_nlink,
         metacopy: o.metacopy,
+        override_stat: match o.xattr_permissions {
+            1 => Some(crate::union::override_stat::FUSE_OVERLAYFS),
+            2 => Some(crate::union::override_stat::CONTAINERS),
+            _ => None,
+        },
         uids: IdMap {
             ranges: o.uid_ranges.clone(),
             squash: o.squash_uid.or(o.squash_to_root.then_some(0)),

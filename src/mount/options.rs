@@ -41,6 +41,8 @@ pub struct Options {
     pub squash_uid: Option<u32>,
     pub squash_gid: Option<u32>,
     pub squash_to_root: bool,
+    /// `xattr_permissions=1|2`: owner and mode kept in an override xattr.
+    pub xattr_permissions: u8,
     pub allow_other: bool,
     pub allow_root: bool,
     pub suid: bool,
@@ -79,6 +81,7 @@ impl Default for Options {
             squash_uid: None,
             squash_gid: None,
             squash_to_root: false,
+            xattr_permissions: 0,
             allow_other: true,
             allow_root: false,
             suid: true,
@@ -147,13 +150,7 @@ pub const ADVISORY: &[(&str, &str)] = &[
 ];
 
 /// Options we know and refuse for now, with the reason.
-const REFUSED: &[(&str, &str)] = &[
-    (
-        "xattr_permissions",
-        "override_stat ownership is not implemented yet",
-    ),
-    ("plugins", "layer plugins are not supported"),
-];
+const REFUSED: &[(&str, &str)] = &[("plugins", "layer plugins are not supported")];
 
 /// Splits a comma-separated option string. Empty items (`a,,b`) are
 /// skipped; a comma can be escaped as `\,` or sit inside double quotes
@@ -280,6 +277,18 @@ impl Options {
                     .map_err(|e| MountError::Option(format!("gidmapping={e}")))?
             }
             "squash_to_root" => self.squash_to_root = true,
+            "xattr_permissions" => {
+                self.xattr_permissions = match need(key, value)? {
+                    "0" => 0,
+                    "1" => 1,
+                    "2" => 2,
+                    v => {
+                        return Err(MountError::Option(format!(
+                            "xattr_permissions={v}: expected 0, 1 or 2"
+                        )))
+                    }
+                }
+            }
             "squash_to_uid" | "squash_to_gid" => {
                 let v = need(key, value)?;
                 let id: u32 = v
@@ -419,8 +428,10 @@ mod tests {
         let mut o = Options::default();
         let e = o.apply("lowerdir=/a,bogus").unwrap_err().to_string();
         assert!(e.contains("unknown option 'bogus'"), "{e}");
-        let e = o.apply("xattr_permissions=2").unwrap_err().to_string();
+        let e = o.apply("plugins=x").unwrap_err().to_string();
         assert!(e.contains("not supported"), "{e}");
+        o.apply("xattr_permissions=2").unwrap();
+        assert!(o.apply("xattr_permissions=3").is_err());
         o.apply("uidmapping=:0:100000:65536,gidmapping=0:100000:65536,squash_to_uid=5")
             .unwrap();
         assert_eq!((o.uid_ranges.len(), o.squash_uid), (1, Some(5)));

@@ -8,7 +8,7 @@ use nix::errno::Errno;
 
 use super::copyup::CopyData;
 use super::node::Loc;
-use super::{Caller, Node, NodeId, OpenFile, Result, Union};
+use super::{override_stat, Caller, Node, NodeId, OpenFile, Result, Union};
 use crate::layer::{sys, Kind, Stat};
 
 /// Attributes of a merged object.
@@ -116,6 +116,13 @@ impl Union {
     /// Attributes of a node as `stat` shows them.
     pub(super) fn attr_of(&self, node: &Arc<Node>, st: &Stat) -> Result<Attr> {
         let mut attr = Attr::from_stat(st, node.id).ok_or(Errno::EIO)?;
+        if self.cfg.override_stat.is_some() {
+            if let Some(o) = self.read_override(node)? {
+                attr.uid = o.uid;
+                attr.gid = o.gid;
+                attr.perm = o.perm as u16;
+            }
+        }
         attr.uid = self.cfg.uids.shown(attr.uid);
         attr.gid = self.cfg.gids.shown(attr.gid);
         let state = node.state();
@@ -237,10 +244,25 @@ impl Union {
                 Some(g) => self.cfg.gids.stored(g).ok_or(Errno::EINVAL)?,
                 None => u32::MAX,
             };
-            real.dir.dir.chown(real.name(), uid, gid)?;
+            if let Some(attr) = self.overridable(&node) {
+                let mut o = self.current_override(&real)?;
+                if uid != u32::MAX {
+                    o.uid = uid;
+                }
+                if gid != u32::MAX {
+                    o.gid = gid;
+                }
+                override_stat::write(&real.dir.dir, real.name(), attr, &o)?;
+            } else {
+                real.dir.dir.chown(real.name(), uid, gid)?;
+            }
         }
         if let Some(mode) = change.mode {
-            if node.kind != Kind::Symlink {
+            if let Some(attr) = self.overridable(&node) {
+                let mut o = self.current_override(&real)?;
+                o.perm = mode & 0o7777;
+                override_stat::write(&real.dir.dir, real.name(), attr, &o)?;
+            } else if node.kind != Kind::Symlink {
                 real.dir.dir.chmod(real.name(), mode & 0o7777)?;
             }
         }
@@ -252,6 +274,38 @@ impl Union {
             real.dir.dir.utimens(real.name(), &times)?;
         }
         self.attr_of(&node, &real.stat()?)
+    }
+
+    /// The override attribute to write for `node`, when owner and mode are
+    /// kept in xattrs (not on symlinks, which cannot carry user.* xattrs).
+    fn overridable(&self, node: &Node) -> Option<&'static std::ffi::CStr> {
+        self.cfg
+            .override_stat
+            .filter(|_| node.kind != Kind::Symlink)
+    }
+
+    /// The override recorded on a real object, or its real owner and mode.
+    fn current_override(&self, real: &super::Real) -> Result<override_stat::Override> {
+        if let Some(o) = override_stat::read(&real.dir.dir, real.name())? {
+            return Ok(o);
+        }
+        let st = real.stat()?;
+        Ok(override_stat::Override {
+            uid: st.uid(),
+            gid: st.gid(),
+            perm: st.perm(),
+        })
+    }
+
+    /// The override recorded on a node's real object.
+    fn read_override(&self, node: &Arc<Node>) -> Result<Option<override_stat::Override>> {
+        if node.kind == Kind::Symlink {
+            return Ok(None);
+        }
+        match self.real(node) {
+            Ok(real) => override_stat::read(&real.dir.dir, real.name()),
+            Err(_) => Ok(None),
+        }
     }
 
     /// `access(2)`: the POSIX permission check on merged attributes, plus

@@ -18,7 +18,7 @@ use super::copyup::{remove_tree, CopyData};
 use super::dircache::CachedDir;
 use super::node::Loc;
 use super::resolve::{check_name, Found};
-use super::{idmap, Attr, Caller, Node, NodeId, OpenFile, Result, Union};
+use super::{idmap, override_stat, Attr, Caller, Node, NodeId, OpenFile, Result, Union};
 use crate::layer::whiteout;
 use crate::layer::{sys, Dir, Kind, Stat};
 
@@ -131,9 +131,25 @@ impl Union {
         // A hard link shares its inode, owner included; anything else new
         // belongs to the caller.
         let owned = !matches!(entry, NewEntry::Link { .. });
+        // With xattr_permissions, owner and mode go into the override
+        // xattr (symlinks cannot carry one and keep the daemon's owner).
+        let override_perm = match &entry {
+            NewEntry::File { mode, .. }
+            | NewEntry::Dir { mode }
+            | NewEntry::Special { mode, .. } => self
+                .cfg
+                .override_stat
+                .map(|a| (a, perm.unwrap_or(*mode) & 0o7777)),
+            NewEntry::Symlink { .. } | NewEntry::Link { .. } => None,
+        };
         let fd = self.make_entry(at, &at_name, entry)?;
         let finish = || -> Result<()> {
+            if let Some((attr, perm)) = override_perm {
+                let o = override_stat::Override { uid, gid, perm };
+                override_stat::write(at, &at_name, attr, &o)?;
+            }
             match (&fd, owned) {
+                _ if override_perm.is_some() => {}
                 (Some(fd), _) => {
                     sys::fchown(fd.as_fd(), uid, gid)?;
                     if let Some(p) = restore_perm {

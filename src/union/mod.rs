@@ -16,6 +16,7 @@ mod dircache;
 mod file;
 pub mod idmap;
 mod node;
+pub mod override_stat;
 mod readdir;
 mod remove;
 mod rename;
@@ -80,6 +81,9 @@ pub struct UnionConfig {
     pub uids: idmap::IdMap,
     /// gid mapping between the layers and the mount.
     pub gids: idmap::IdMap,
+    /// Keep owner and mode in this xattr instead of the inode
+    /// (`xattr_permissions=1|2`); read from either override xattr.
+    pub override_stat: Option<&'static CStr>,
 }
 
 impl Default for UnionConfig {
@@ -94,6 +98,7 @@ impl Default for UnionConfig {
             dir_cache_size: 4096,
             uids: idmap::IdMap::default(),
             gids: idmap::IdMap::default(),
+            override_stat: None,
         }
     }
 }

@@ -19,8 +19,16 @@ pub enum XattrReply {
 }
 
 impl Union {
+    /// The union's own xattrs, and the override xattr when owner and mode
+    /// live there.
+    fn is_hidden_xattr(&self, name: &[u8]) -> bool {
+        is_internal_xattr(name)
+            || (self.cfg.override_stat.is_some()
+                && name == super::override_stat::CONTAINERS.to_bytes())
+    }
+
     pub fn getxattr(&self, id: NodeId, attr: &CStr, size: u32) -> Result<XattrReply> {
-        if is_internal_xattr(attr.to_bytes()) {
+        if self.is_hidden_xattr(attr.to_bytes()) {
             return Err(Errno::ENODATA);
         }
         let node = self.node(id)?;
@@ -45,7 +53,7 @@ impl Union {
         };
         let mut list = Vec::with_capacity(raw.len());
         for name in raw.split(|&b| b == 0).filter(|n| !n.is_empty()) {
-            if !is_internal_xattr(name) {
+            if !self.is_hidden_xattr(name) {
                 list.extend_from_slice(name);
                 list.push(0);
             }
@@ -60,7 +68,7 @@ impl Union {
     }
 
     pub fn setxattr(&self, id: NodeId, attr: &CStr, value: &[u8], flags: i32) -> Result<()> {
-        if is_internal_xattr(attr.to_bytes()) {
+        if self.is_hidden_xattr(attr.to_bytes()) {
             return Err(Errno::EPERM);
         }
         let node = self.node(id)?;
@@ -71,7 +79,7 @@ impl Union {
     }
 
     pub fn removexattr(&self, id: NodeId, attr: &CStr) -> Result<()> {
-        if is_internal_xattr(attr.to_bytes()) {
+        if self.is_hidden_xattr(attr.to_bytes()) {
             return Err(Errno::ENODATA);
         }
         let node = self.node(id)?;
