@@ -13,7 +13,7 @@ use fuser::{FileHandle, FopenFlags};
 
 use super::passthrough::Decision;
 use super::UnionFs;
-use crate::union::{OpenDir, OpenFile};
+use crate::union::{DirEntry, OpenDir, OpenFile};
 
 /// An open file handle.
 pub(super) struct Handle {
@@ -81,6 +81,20 @@ impl UnionFs {
             .get(&fh.0)
             .map(|h| h.file.clone())
             .ok_or(fuser::Errno::EBADF)
+    }
+
+    /// An open directory and its listing for a read at `offset`.
+    pub(super) fn listing(
+        &self,
+        fh: FileHandle,
+        offset: u64,
+    ) -> Result<(Arc<OpenDir>, Arc<Vec<DirEntry>>), fuser::Errno> {
+        let dir = self.dir(fh)?;
+        let entries = self
+            .union
+            .readdir(&dir, offset)
+            .map_err(super::convert::errno)?;
+        Ok((dir, entries))
     }
 
     pub(super) fn dir(&self, fh: FileHandle) -> Result<Arc<OpenDir>, fuser::Errno> {

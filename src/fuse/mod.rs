@@ -472,13 +472,9 @@ impl Filesystem for UnionFs {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        let dir = match self.dir(fh) {
-            Ok(d) => d,
+        let (dir, entries) = match self.listing(fh, offset) {
+            Ok(l) => l,
             Err(e) => return reply.error(e),
-        };
-        let entries = match self.union.readdir(&dir, offset) {
-            Ok(e) => e,
-            Err(e) => return reply.error(errno(e)),
         };
         let (dot, dotdot) = self.union.dot_inos(&dir);
         // Offsets: 0 = ".", 1 = "..", 2 + i = entries[i]; an entry carries
@@ -512,13 +508,9 @@ impl Filesystem for UnionFs {
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
-        let dir = match self.dir(fh) {
-            Ok(d) => d,
+        let (dir, entries) = match self.listing(fh, offset) {
+            Ok(l) => l,
             Err(e) => return reply.error(e),
-        };
-        let entries = match self.union.readdir(&dir, offset) {
-            Ok(e) => e,
-            Err(e) => return reply.error(errno(e)),
         };
         let own = match self.union.getattr(ino.0, None) {
             Ok(a) => file_attr(&a),

@@ -202,6 +202,20 @@ pub fn dir_marks(parent: &Dir, name: &CStr) -> SysResult<DirMarks> {
     Ok(marks)
 }
 
+/// The value of the first of `attrs` that entry `name` of `parent` carries.
+/// Filesystems without xattrs, and entries that cannot carry them (user.*
+/// on a symlink), simply have none.
+pub fn first_xattr(parent: &Dir, name: &CStr, attrs: &[&CStr]) -> SysResult<Option<Vec<u8>>> {
+    for attr in attrs {
+        match parent.get_xattr(name, attr) {
+            Ok(Some(v)) => return Ok(Some(v)),
+            Ok(None) | Err(Errno::ENOTSUP | Errno::EPERM) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(None)
+}
+
 /// Whether entry `name` (already stat'ed as `st`) of `parent` is a whiteout.
 /// `xwhiteouts` is the parent's mark that allows xattr whiteouts.
 pub fn is_whiteout(parent: &Dir, name: &CStr, st: &Stat, xwhiteouts: bool) -> SysResult<bool> {
@@ -209,13 +223,7 @@ pub fn is_whiteout(parent: &Dir, name: &CStr, st: &Stat, xwhiteouts: bool) -> Sy
         return Ok(true);
     }
     if xwhiteouts && st.mode() & libc::S_IFMT == libc::S_IFREG && st.size() == 0 {
-        for attr in WHITEOUT_ATTRS {
-            match parent.get_xattr(name, attr) {
-                Ok(Some(_)) => return Ok(true),
-                Ok(None) | Err(Errno::ENOTSUP) => {}
-                Err(e) => return Err(e),
-            }
-        }
+        return Ok(first_xattr(parent, name, &WHITEOUT_ATTRS)?.is_some());
     }
     Ok(false)
 }
@@ -247,26 +255,12 @@ pub fn create_wh_file(dir: &Dir, name: &CStr) -> SysResult<()> {
 
 /// Whether upper file `name` of `parent` holds metadata only.
 pub fn is_metacopy(parent: &Dir, name: &CStr) -> SysResult<bool> {
-    for attr in METACOPY_ATTRS {
-        match parent.get_xattr(name, attr) {
-            Ok(Some(_)) => return Ok(true),
-            Ok(None) | Err(Errno::ENOTSUP) => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(false)
+    Ok(first_xattr(parent, name, &METACOPY_ATTRS)?.is_some())
 }
 
 /// The redirect xattr of entry `name` of `parent`, if any.
 pub fn redirect_of(parent: &Dir, name: &CStr) -> SysResult<Option<Vec<u8>>> {
-    for attr in REDIRECT_ATTRS {
-        match parent.get_xattr(name, attr) {
-            Ok(Some(v)) if !v.is_empty() => return Ok(Some(v)),
-            Ok(_) | Err(Errno::ENOTSUP) => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(None)
+    Ok(first_xattr(parent, name, &REDIRECT_ATTRS)?.filter(|v| !v.is_empty()))
 }
 
 /// Marks directory `name` of `parent` opaque.

@@ -247,16 +247,9 @@ impl Union {
 
     /// The lower link count recorded on an indexed copy (0: not indexed).
     pub(super) fn read_index_nlink(&self, dir: &Dir, name: &CStr) -> Result<u32> {
-        for attr in whiteout::NLINK_ATTRS {
-            match dir.get_xattr(name, attr) {
-                Ok(Some(v)) if v.len() == 4 => {
-                    return Ok(u32::from_le_bytes([v[0], v[1], v[2], v[3]]));
-                }
-                Ok(_) | Err(Errno::ENOTSUP) => {}
-                Err(e) => return Err(e),
-            }
-        }
-        Ok(0)
+        Ok(whiteout::first_xattr(dir, name, &whiteout::NLINK_ATTRS)?
+            .and_then(|v| <[u8; 4]>::try_from(v.as_slice()).ok())
+            .map_or(0, u32::from_le_bytes))
     }
 
     /// Completes a metadata-only copy-up: the data goes into the upper file
@@ -345,18 +338,9 @@ impl Union {
 
     /// The inode number recorded by [`Self::write_origin`], if any.
     pub(super) fn read_origin(&self, dir: &Dir, name: &CStr) -> Result<Option<u64>> {
-        for attr in whiteout::ORIGIN_ATTRS {
-            match dir.get_xattr(name, attr) {
-                Ok(Some(v)) if v.len() == 8 => {
-                    let mut b = [0u8; 8];
-                    b.copy_from_slice(&v);
-                    return Ok(Some(u64::from_le_bytes(b)));
-                }
-                Ok(_) | Err(Errno::ENOTSUP | Errno::EPERM) => {}
-                Err(e) => return Err(e),
-            }
-        }
-        Ok(None)
+        Ok(whiteout::first_xattr(dir, name, &whiteout::ORIGIN_ATTRS)?
+            .and_then(|v| <[u8; 8]>::try_from(v.as_slice()).ok())
+            .map(u64::from_le_bytes))
     }
 }
 

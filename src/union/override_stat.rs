@@ -6,9 +6,8 @@
 
 use std::ffi::CStr;
 
-use nix::errno::Errno;
-
 use super::Result;
+use crate::layer::whiteout::first_xattr;
 use crate::layer::Dir;
 
 pub const CONTAINERS: &CStr = c"user.containers.override_stat";
@@ -43,15 +42,7 @@ impl Override {
 /// The recorded override of `name` in `dir` (of `dir` itself when `name`
 /// is empty), from either attribute name.
 pub fn read(dir: &Dir, name: &CStr) -> Result<Option<Override>> {
-    for attr in [CONTAINERS, FUSE_OVERLAYFS] {
-        match dir.get_xattr(name, attr) {
-            Ok(Some(v)) => return Ok(Override::parse(&v)),
-            // Symlinks cannot carry user.* xattrs.
-            Ok(None) | Err(Errno::ENOTSUP | Errno::EPERM) => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(None)
+    Ok(first_xattr(dir, name, &[CONTAINERS, FUSE_OVERLAYFS])?.and_then(|v| Override::parse(&v)))
 }
 
 pub fn write(dir: &Dir, name: &CStr, attr: &CStr, o: &Override) -> Result<()> {
