@@ -10,6 +10,7 @@
 
 pub mod cli;
 pub mod fuse;
+pub mod index;
 pub mod layer;
 pub mod mount;
 pub mod union;

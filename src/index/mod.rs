@@ -1,0 +1,330 @@
+//! The metadata index: what each immutable lower layer contains, and what
+//! a whole lower stack resolves to, in RocksDB.
+//!
+//! - Each layer is indexed once (`L` records), keyed by its identity, so a
+//!   layer shared by many stacks and mounts is walked once.
+//! - Each stack gets a merged index (`S` records) built from its layers'
+//!   records, not from the disk: every visible name of every merged
+//!   directory with its top attributes and the layers holding it. A lookup
+//!   through any number of layers is one point read; listing a merged
+//!   directory is one range scan.
+//!
+//! Crash safety: an index is written under a meta record saying
+//! "incomplete" and marked complete only after its last batch; an
+//! incomplete index is rebuilt, never served.
+//!
+//! Sharing: builds take an exclusive lock on the database directory;
+//! serving daemons open the database read-only, which any number may do at
+//! once, beside a builder.
+//!
+//! This module knows layers, not unions: it never imports the union core.
+
+mod build;
+mod merge;
+pub mod record;
+
+use std::fs::File;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+
+use rocksdb::{BlockBasedOptions, Cache, Direction, IteratorMode, Options, ReadOptions, DB};
+
+use crate::layer::Layer;
+pub use build::{build_layer, verify_layer, Drift};
+pub use merge::build_stack;
+use record::{LayerMeta, Merged, LAYER, STACK, VERSION};
+
+/// Why the index could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum IndexError {
+    #[error("index {path}: {reason}")]
+    Db { path: PathBuf, reason: String },
+    #[error("index {path}: in use by another process that is building it; waited too long")]
+    Locked { path: PathBuf },
+    #[error("layer {path}: {reason}")]
+    Layer { path: PathBuf, reason: String },
+    #[error("index record for {what} is unreadable (re-index with `unionctl index rebuild`)")]
+    Corrupt { what: String },
+}
+
+pub type Result<T> = std::result::Result<T, IndexError>;
+
+/// An open index database.
+pub struct Index {
+    db: DB,
+    path: PathBuf,
+    /// Held while open for writing: one builder at a time.
+    _lock: Option<File>,
+}
+
+impl std::fmt::Debug for Index {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Index").field("path", &self.path).finish()
+    }
+}
+
+/// Where the index lives by default: under the store root for root, in
+/// the XDG state directory otherwise.
+pub fn default_dir() -> PathBuf {
+    if nix::unistd::geteuid().is_root() {
+        return PathBuf::from("/var/lib/layerfs/index");
+    }
+    let state = std::env::var_os("XDG_STATE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/state")))
+        .unwrap_or_else(|| PathBuf::from("/tmp"));
+    state.join("layerfs/index")
+}
+
+fn options() -> Options {
+    let mut opts = Options::default();
+    opts.create_if_missing(true);
+    opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
+    opts.set_max_open_files(64);
+    opts.set_keep_log_file_num(2);
+    // Memory must stay small and bounded in a daemon per container.
+    opts.set_write_buffer_size(8 << 20);
+    opts.set_max_write_buffer_number(2);
+    opts.set_max_background_jobs(2);
+    let mut table = BlockBasedOptions::default();
+    // Negative lookups are the common case of compilers and loaders.
+    table.set_bloom_filter(10.0, false);
+    // Bounded memory whatever the size of the indexed images: filters and
+    // indexes live in the block cache too, not beside it.
+    table.set_block_cache(&Cache::new_lru_cache(4 << 20));
+    table.set_cache_index_and_filter_blocks(true);
+    table.set_pin_l0_filter_and_index_blocks_in_cache(true);
+    opts.set_block_based_table_factory(&table);
+    opts
+}
+
+fn db_error(path: &Path, e: impl ToString) -> IndexError {
+    IndexError::Db {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    }
+}
+
+impl Index {
+    /// Opens for building: waits (up to `wait`) for another builder to
+    /// finish.
+    pub fn open_for_write(path: &Path, wait: std::time::Duration) -> Result<Index> {
+        std::fs::create_dir_all(path).map_err(|e| db_error(path, e))?;
+        let lock = File::create(path.join("layerfs.lock")).map_err(|e| db_error(path, e))?;
+        let start = std::time::Instant::now();
+        // SAFETY: flock on a valid fd.
+        while unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            if start.elapsed() >= wait {
+                return Err(IndexError::Locked {
+                    path: path.to_path_buf(),
+                });
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        let db = DB::open(&options(), path).map_err(|e| db_error(path, e))?;
+        Ok(Index {
+            db,
+            path: path.to_path_buf(),
+            _lock: Some(lock),
+        })
+    }
+
+    /// Opens for serving, beside any number of other readers.
+    pub fn open_read_only(path: &Path) -> Result<Index> {
+        let db = DB::open_for_read_only(&options(), path, false).map_err(|e| db_error(path, e))?;
+        Ok(Index {
+            db,
+            path: path.to_path_buf(),
+            _lock: None,
+        })
+    }
+
+    /// Writes everything to table files and compacts them, so readers open
+    /// a few sorted files instead of replaying a write-ahead log into
+    /// memory.
+    pub fn settle(&self) -> Result<()> {
+        self.db.flush().map_err(|e| db_error(&self.path, e))?;
+        self.db.compact_range::<&[u8], &[u8]>(None, None);
+        Ok(())
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        self.db.get(key).map_err(|e| db_error(&self.path, e))
+    }
+
+    fn meta(&self, space: u8, id: u64) -> Result<Option<LayerMeta>> {
+        match self.get(&record::meta_key(space, id))? {
+            None => Ok(None),
+            Some(v) => LayerMeta::decode(&v)
+                .map(Some)
+                .ok_or_else(|| IndexError::Corrupt {
+                    what: format!("{} {id:016x}", space as char),
+                }),
+        }
+    }
+
+    /// Whether layer `id` is indexed, completely, in this format.
+    pub fn layer_ready(&self, id: u64) -> Result<Option<LayerMeta>> {
+        Ok(self
+            .meta(LAYER, id)?
+            .filter(|m| m.complete && m.version == VERSION))
+    }
+
+    /// Whether stack `id` has a complete merged index.
+    pub fn stack_ready(&self, id: u64) -> Result<bool> {
+        Ok(self
+            .meta(STACK, id)?
+            .is_some_and(|m| m.complete && m.version == VERSION))
+    }
+
+    fn put_meta(&self, space: u8, id: u64, meta: &LayerMeta) -> Result<()> {
+        self.db
+            .put(record::meta_key(space, id), meta.encode())
+            .map_err(|e| db_error(&self.path, e))
+    }
+
+    /// Removes every record of one index (its meta record last).
+    fn clear(&self, space: u8, id: u64) -> Result<()> {
+        let start = record::entries_prefix(space, id);
+        let mut batch = rocksdb::WriteBatch::default();
+        batch.delete_range(&start, &record::prefix_end(&start));
+        batch.delete(record::meta_key(space, id));
+        self.db.write(batch).map_err(|e| db_error(&self.path, e))
+    }
+
+    fn write(&self, batch: rocksdb::WriteBatch) -> Result<()> {
+        self.db.write(batch).map_err(|e| db_error(&self.path, e))
+    }
+
+    /// Every record of directory `dir` of index (`space`, `id`), in name
+    /// order, handed to `f` until it returns false.
+    pub fn scan_dir(
+        &self,
+        space: u8,
+        id: u64,
+        dir: &[u8],
+        mut f: impl FnMut(&[u8], &[u8]) -> bool,
+    ) -> Result<()> {
+        let prefix = record::dir_prefix(space, id, dir);
+        let mut ro = ReadOptions::default();
+        ro.set_iterate_upper_bound(record::prefix_end(&prefix));
+        ro.fill_cache(true);
+        for item in self
+            .db
+            .iterator_opt(IteratorMode::From(&prefix, Direction::Forward), ro)
+        {
+            let (k, v) = item.map_err(|e| db_error(&self.path, e))?;
+            let Some(name) = k.strip_prefix(prefix.as_slice()) else {
+                break;
+            };
+            if !f(name, &v) {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// Entry `name` of directory `dir` of a stack, resolved.
+    pub fn lookup(&self, stack: u64, dir: &[u8], name: &[u8]) -> Result<Option<Merged>> {
+        let mut key = record::dir_prefix(STACK, stack, dir);
+        key.extend_from_slice(name);
+        match self.get(&key)? {
+            None => Ok(None),
+            Some(v) => Merged::decode(&v)
+                .map(Some)
+                .ok_or_else(|| IndexError::Corrupt {
+                    what: String::from_utf8_lossy(&key).into_owned(),
+                }),
+        }
+    }
+
+    /// Entries of a stack's merged directory, handed to `f` until it
+    /// returns false.
+    pub fn list(
+        &self,
+        stack: u64,
+        dir: &[u8],
+        mut f: impl FnMut(&[u8], Merged) -> bool,
+    ) -> Result<()> {
+        let mut bad = None;
+        self.scan_dir(STACK, stack, dir, |name, v| match Merged::decode(v) {
+            Some(m) => f(name, m),
+            None => {
+                bad = Some(String::from_utf8_lossy(name).into_owned());
+                false
+            }
+        })?;
+        match bad {
+            Some(what) => Err(IndexError::Corrupt { what }),
+            None => Ok(()),
+        }
+    }
+
+    /// Number of records of one index.
+    pub fn count(&self, space: u8, id: u64) -> Result<u64> {
+        let prefix = record::entries_prefix(space, id);
+        let mut ro = ReadOptions::default();
+        ro.set_iterate_upper_bound(record::prefix_end(&prefix));
+        let mut n = 0;
+        for item in self
+            .db
+            .iterator_opt(IteratorMode::From(&prefix, Direction::Forward), ro)
+        {
+            item.map_err(|e| db_error(&self.path, e))?;
+            n += 1;
+        }
+        Ok(n)
+    }
+}
+
+/// FNV-1a: stable across runs and builds (std's hasher is not).
+fn fnv(parts: &[&[u8]]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for p in parts {
+        for b in *p {
+            h ^= u64::from(*b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+        h ^= 0xff;
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h
+}
+
+/// The identity of a layer: its root directory's device, inode and times.
+/// Lower layers are immutable while in use; a layer replaced or touched at
+/// its root gets a new identity and is indexed again (and `verify` finds
+/// changes below the root).
+pub fn layer_id(layer: &Layer) -> Result<u64> {
+    let st = layer.root().stat_self().map_err(|e| IndexError::Layer {
+        path: layer.path().to_path_buf(),
+        reason: e.to_string(),
+    })?;
+    let s = &st.0;
+    let nums = [
+        s.st_dev,
+        s.st_ino,
+        s.st_ctime as u64,
+        s.st_ctime_nsec as u64,
+        s.st_mtime as u64,
+        s.st_mtime_nsec as u64,
+        u64::from(VERSION),
+    ];
+    let bytes: Vec<u8> = nums.iter().flat_map(|n| n.to_le_bytes()).collect();
+    Ok(fnv(&[b"layer", &bytes]))
+}
+
+/// The identity of a stack: its layers in order, and how many of them the
+/// root merges.
+pub fn stack_id(layers: &[u64], root_layers: usize) -> u64 {
+    let bytes: Vec<u8> = layers
+        .iter()
+        .flat_map(|n| n.to_le_bytes())
+        .chain((root_layers as u64).to_le_bytes())
+        .collect();
+    fnv(&[b"stack", &bytes])
+}
