@@ -157,7 +157,14 @@ type Started = (
     Option<MountRecord>,
 );
 
-fn start(prepared: Prepared) -> Result<Started, MountError> {
+fn start(mut prepared: Prepared) -> Result<Started, MountError> {
+    // Signals must be blocked before any thread exists (RocksDB's and the
+    // session's alike), so that only the handler thread receives them.
+    block_signals();
+    // The index is built here, after every fork (RocksDB's threads must
+    // not cross one) and while stderr is still the caller's terminal.
+    let index = super::indexing::prepare(&prepared)?;
+    prepared.index = index.as_ref().map(|(plan, _)| plan.clone());
     let o = &prepared.spec.options;
     // Modes of new entries are computed from the caller's umask (or the
     // parent's default ACL); our own umask must not mask them again.
@@ -193,8 +200,14 @@ fn start(prepared: Prepared) -> Result<Started, MountError> {
         redirect_dir: o.redirect_dir,
         ..UnionConfig::default()
     };
-    let union = Union::new(prepared.lowers, upper, cfg)
+    let mut union = Union::new(prepared.lowers, upper, cfg)
         .map_err(|e| MountError::Mount(format!("cannot set up the union: {e}")))?;
+    if let Some((plan, index)) = index {
+        union.set_index(crate::union::LowerIndex {
+            index,
+            stack: plan.stack,
+        });
+    }
     let union = Arc::new(union);
     let template = Status {
         pid: std::process::id(),
@@ -205,6 +218,7 @@ fn start(prepared: Prepared) -> Result<Started, MountError> {
         threads: prepared.threads,
         xattr_namespace: format!("{:?}", prepared.xattr_ns).to_lowercase(),
         passthrough: false,
+        indexed: prepared.index.is_some(),
         nodes: 0,
         cached_dirs: 0,
         rss_kib: 0,
@@ -229,9 +243,6 @@ fn start(prepared: Prepared) -> Result<Started, MountError> {
         passthrough: fs.passthrough_flag(),
     };
 
-    // Signals must be blocked before the session's threads exist, so that
-    // only the handler thread receives them.
-    block_signals();
     let dev = open_dev_fuse()?;
     // The record exists before the mount is visible, so whoever sees the
     // mount can find its daemon.

@@ -6,6 +6,7 @@
 //! exactly as it was.
 
 pub mod daemon;
+pub mod indexing;
 pub mod options;
 pub mod record;
 mod status;
@@ -72,6 +73,8 @@ pub struct Prepared {
     pub xattr_ns: XattrNs,
     pub timeout: Duration,
     pub threads: usize,
+    /// The lower stack's merged index, once [`indexing::prepare`] made it.
+    pub index: Option<indexing::IndexPlan>,
 }
 
 fn open_dir_checked(what: &'static str, path: &Path) -> Result<Layer, MountError> {
@@ -86,7 +89,12 @@ fn open_dir_checked(what: &'static str, path: &Path) -> Result<Layer, MountError
     if !meta.is_dir() {
         return Err(MountError::path(what, path, "is not a directory"));
     }
-    let layer = Layer::open(path).map_err(|e| MountError::path(what, path, e))?;
+    // Absolute: the daemon changes directory, and the indexer is handed
+    // layers by path.
+    let abs = path
+        .canonicalize()
+        .map_err(|e| MountError::path(what, path, e))?;
+    let layer = Layer::open(&abs).map_err(|e| MountError::path(what, path, e))?;
     // Readable: list it once.
     layer
         .root()
@@ -206,6 +214,7 @@ pub fn prepare(spec: MountSpec) -> Result<Prepared, MountError> {
         lowers,
         upper,
         xattr_ns,
+        index: None,
     })
 }
 

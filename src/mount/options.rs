@@ -43,6 +43,10 @@ pub struct Options {
     pub squash_to_root: bool,
     /// `xattr_permissions=1|2`: owner and mode kept in an override xattr.
     pub xattr_permissions: u8,
+    /// The metadata index of the lower layers (`index=on|off|auto`).
+    pub index: IndexMode,
+    /// Where the index database lives (`index_dir=`).
+    pub index_dir: Option<PathBuf>,
     pub allow_other: bool,
     pub allow_root: bool,
     pub suid: bool,
@@ -82,6 +86,8 @@ impl Default for Options {
             squash_gid: None,
             squash_to_root: false,
             xattr_permissions: 0,
+            index: IndexMode::Auto,
+            index_dir: None,
             allow_other: true,
             allow_root: false,
             suid: true,
@@ -96,6 +102,16 @@ impl Default for Options {
             debug: false,
         }
     }
+}
+
+/// Whether the lower layers' metadata index is used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IndexMode {
+    /// Always: failing to build or open it is a mount error.
+    On,
+    Off,
+    /// When it can be built and opened; otherwise layers are read directly.
+    Auto,
 }
 
 /// Options accepted but without effect, and why.
@@ -131,10 +147,6 @@ pub const ADVISORY: &[(&str, &str)] = &[
     (
         "xino",
         "layers on different filesystems always get distinct inode numbers",
-    ),
-    (
-        "index",
-        "hard-link index not implemented yet; broken hard links behave as with index=off",
     ),
     ("rw", "the default"),
     ("relatime", "atime handling is the layers' own"),
@@ -277,6 +289,19 @@ impl Options {
                     .map_err(|e| MountError::Option(format!("gidmapping={e}")))?
             }
             "squash_to_root" => self.squash_to_root = true,
+            "index" => {
+                self.index = match value {
+                    None | Some("on") => IndexMode::On,
+                    Some("off") => IndexMode::Off,
+                    Some("auto") => IndexMode::Auto,
+                    Some(v) => {
+                        return Err(MountError::Option(format!(
+                            "index={v}: expected on, off or auto"
+                        )))
+                    }
+                }
+            }
+            "index_dir" => self.index_dir = Some(PathBuf::from(unescape(need(key, value)?))),
             "xattr_permissions" => {
                 self.xattr_permissions = match need(key, value)? {
                     "0" => 0,

@@ -26,6 +26,8 @@ pub struct Status {
     pub xattr_namespace: String,
     /// File data goes straight from the kernel to the layer files.
     pub passthrough: bool,
+    /// Lower lookups, listings and attributes come from the metadata index.
+    pub indexed: bool,
     /// Nodes the kernel currently holds references to.
     pub nodes: usize,
     /// Layer directories held open for lookups.

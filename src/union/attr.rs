@@ -183,7 +183,40 @@ impl Union {
         match orphan {
             Some(fd) => Ok(Stat(sys::fstat(fd.as_fd())?)),
             None if node.state().unlinked => Err(Errno::ENOENT),
-            None => self.real(node)?.stat(),
+            None => match self.indexed_stat(node)? {
+                Some(st) => Ok(st),
+                None => self.real(node)?.stat(),
+            },
+        }
+    }
+
+    /// Attributes of an object that only lower layers hold, from the
+    /// stack's merged index (no syscall on the layers).
+    fn indexed_stat(&self, node: &Arc<Node>) -> Result<Option<Stat>> {
+        let Some(ix) = &self.index else {
+            return Ok(None);
+        };
+        let link = {
+            let st = node.state();
+            if st.upper || st.lower_path.is_some() {
+                return Ok(None);
+            }
+            match st.link() {
+                Some(l) => l.clone(),
+                None => return Ok(None),
+            }
+        };
+        let dir = self.index_dir_key(&link.parent)?;
+        let merged = ix
+            .index
+            .lookup(ix.stack, &dir, link.name.to_bytes())
+            .map_err(|e| {
+                tracing::error!(error = %e, "index lookup failed");
+                Errno::EIO
+            })?;
+        match merged.and_then(|m| Some((*m.layers.first()?, m))) {
+            Some((l, m)) => Ok(Some(m.entry.to_stat(self.layer(Loc::Lower(l))?.dev()))),
+            None => Ok(None),
         }
     }
 

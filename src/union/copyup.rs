@@ -267,10 +267,12 @@ impl Union {
         let up = self.real_in(node, Loc::Upper)?;
         if data == CopyData::All {
             let low = self.real_in(node, Loc::Lower(lower))?;
-            let size = up.stat()?.size();
+            let meta = up.stat()?;
             let from = low.dir.dir.open(low.name(), libc::O_RDONLY)?;
             let to = up.dir.dir.open(up.name(), libc::O_WRONLY)?;
-            copy_data(from.as_fd(), to.as_fd(), size)?;
+            copy_data(from.as_fd(), to.as_fd(), meta.size())?;
+            // Bringing the data up is not a change of the file.
+            sys::utimensat_nofollow(to.as_fd(), c"", &[meta.atime(), meta.mtime()])?;
             if self.cfg.fsync {
                 sys::fsync(to.as_fd(), false)?;
             }

@@ -182,6 +182,16 @@ pub struct Union {
     xino: Xino,
     nodes: NodeTable,
     dirs: DirCache,
+    /// The merged index of the lower stack, when one is in use: lookups,
+    /// listings and attributes of lower entries come from it.
+    index: Option<LowerIndex>,
+}
+
+/// A lower stack's merged index.
+#[derive(Debug)]
+pub struct LowerIndex {
+    pub index: crate::index::Index,
+    pub stack: u64,
 }
 
 impl Union {
@@ -257,7 +267,26 @@ impl Union {
             xino,
             nodes: NodeTable::new(root),
             dirs,
+            index: None,
         })
+    }
+
+    /// Serves lower lookups, listings and attributes from a merged index
+    /// of exactly these lower layers.
+    pub fn set_index(&mut self, index: LowerIndex) {
+        self.index = Some(index);
+    }
+
+    pub fn uses_index(&self) -> bool {
+        self.index.is_some()
+    }
+
+    /// How many of the lower layers the root merges (down to the first
+    /// opaque root).
+    pub fn root_lower_count(&self) -> usize {
+        self.nodes
+            .get(ROOT_ID)
+            .map_or(0, |r| r.state().lowers.len())
     }
 
     pub fn config(&self) -> &UnionConfig {

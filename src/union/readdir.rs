@@ -51,6 +51,46 @@ impl Union {
         let mut shadowing: Vec<usize> = Vec::new();
 
         for loc in locs {
+            if let (Some(ix), Loc::Lower(_)) = (&self.index, loc) {
+                // Every lower layer at once, from the stack's merged index.
+                let dir = self.index_dir_key(node)?;
+                let mut failed = None;
+                let listed = ix.index.list(ix.stack, &dir, |name, m| {
+                    if decided.contains(name) {
+                        if let Some(&i) = from_upper.get(name) {
+                            shadowing.push(i);
+                        }
+                        return true;
+                    }
+                    let Some(&top) = m.layers.first() else {
+                        return true;
+                    };
+                    let dev = match self.layer(Loc::Lower(top)) {
+                        Ok(l) => l.dev(),
+                        Err(e) => {
+                            failed = Some(e);
+                            return false;
+                        }
+                    };
+                    let Ok(name) = CString::new(name) else {
+                        return true;
+                    };
+                    out.push(DirEntry {
+                        name,
+                        kind: m.entry.kind,
+                        ino: self.xino.ino(dev, m.entry.ino),
+                    });
+                    limit.is_none_or(|l| out.len() < l)
+                });
+                listed.map_err(|e| {
+                    tracing::error!(error = %e, "index listing failed");
+                    Errno::EIO
+                })?;
+                if let Some(e) = failed {
+                    return Err(e);
+                }
+                break;
+            }
             let cd = self.dir(node, loc)?;
             let scan = cd.scan()?;
             let dev = self.layer(loc)?.dev();

@@ -109,6 +109,11 @@ impl Union {
     fn resolve_in(&self, parent: &Arc<Node>, name: &CStr, locs: &[Loc]) -> Result<Option<Found>> {
         let mut found: Option<Found> = None;
         for (i, &loc) in locs.iter().enumerate() {
+            if let (Some(ix), Loc::Lower(_)) = (&self.index, loc) {
+                // The lower layers, all at once.
+                self.resolve_indexed(ix, parent, name, &mut found)?;
+                break;
+            }
             let cd = self.dir(parent, loc)?;
             let scan = cd.scan()?;
             let Some(st) = cd.dir.stat(name)? else {
@@ -186,6 +191,53 @@ impl Union {
             }
         }
         Ok(found)
+    }
+
+    /// What the lower layers merged into `parent` hold at `name`, from the
+    /// stack's merged index, added to what the upper layer gave.
+    fn resolve_indexed(
+        &self,
+        ix: &super::LowerIndex,
+        parent: &Arc<Node>,
+        name: &CStr,
+        found: &mut Option<Found>,
+    ) -> Result<()> {
+        let dir = self.index_dir_key(parent)?;
+        let merged = ix
+            .index
+            .lookup(ix.stack, &dir, name.to_bytes())
+            .map_err(|e| {
+                tracing::error!(error = %e, "index lookup failed");
+                Errno::EIO
+            })?;
+        let Some(m) = merged else { return Ok(()) };
+        let Some(&top) = m.layers.first() else {
+            return Ok(());
+        };
+        let st = m.entry.to_stat(self.layer(Loc::Lower(top))?.dev());
+        let layers = m.layers.iter().map(|&l| (l, st));
+        match found {
+            None => {
+                let mut f = Found::new(Loc::Lower(top), st).ok_or(Errno::EIO)?;
+                f.lowers = layers.collect();
+                *found = Some(f);
+            }
+            Some(f) if f.metacopy => {
+                if m.entry.kind == Kind::File {
+                    f.lowers.push((top, st));
+                }
+            }
+            Some(f) if f.kind == Kind::Dir && m.entry.kind == Kind::Dir => f.lowers.extend(layers),
+            Some(_) => {}
+        }
+        Ok(())
+    }
+
+    /// A directory's path in the lower layers as the index keys it (empty
+    /// for the root).
+    pub(super) fn index_dir_key(&self, dir: &Node) -> Result<Vec<u8>> {
+        let p = self.path_of(dir, true)?.into_bytes();
+        Ok(if p == b"." { Vec::new() } else { p })
     }
 
     /// Finds the lower layers of a moved upper directory (or the data of a
