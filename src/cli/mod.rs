@@ -3,6 +3,7 @@
 //! arguments). The only module that parses arguments or prints for humans.
 
 pub mod compat;
+mod index;
 mod unionctl;
 
 pub use unionctl::main as unionctl_main;

@@ -29,6 +29,9 @@ enum Cmd {
         lazy: bool,
         mountpoint: PathBuf,
     },
+    /// Manage the lower layers' metadata index.
+    #[command(subcommand)]
+    Index(super::index::IndexCmd),
     /// Show what a mount's daemon serves and holds.
     Status {
         /// Print JSON.
@@ -64,6 +67,13 @@ struct MountArgs {
     /// Append the daemon's log to this file once it is detached.
     #[arg(long, value_name = "FILE")]
     log_file: Option<PathBuf>,
+    /// Use the lower layers' metadata index: on, off, or auto (when it can
+    /// be built and opened).
+    #[arg(long, value_name = "MODE")]
+    index: Option<String>,
+    /// Where the index database lives.
+    #[arg(long, value_name = "DIR")]
+    index_dir: Option<PathBuf>,
     /// Print what was mounted and how.
     #[arg(short, long)]
     verbose: bool,
@@ -86,6 +96,12 @@ fn mount_cmd(a: MountArgs) -> Result<(), mount::MountError> {
     options.work = a.work.or(options.work);
     if let Some(t) = a.threads {
         options.apply(&format!("threads={t}"))?;
+    }
+    if let Some(m) = &a.index {
+        options.apply(&format!("index={m}"))?;
+    }
+    if let Some(d) = a.index_dir {
+        options.index_dir = Some(d);
     }
     let prepared = mount::prepare(MountSpec {
         options,
@@ -136,6 +152,12 @@ pub fn main() -> i32 {
     let result = match cli.command {
         Cmd::Mount(a) => mount_cmd(a),
         Cmd::Umount { lazy, mountpoint } => mount::umount(&mountpoint, lazy),
+        Cmd::Index(cmd) => {
+            return match super::index::run(cmd) {
+                Ok(code) => code,
+                Err(e) => super::fail("unionctl", e),
+            }
+        }
         Cmd::Status { json, mountpoint } => {
             mount::query_status(&mountpoint).map(|s| print_status(&s, json))
         }
@@ -164,6 +186,7 @@ fn print_status(s: &mount::Status, json: bool) {
     println!("threads:      {}", s.threads);
     println!("xattrs:       {}.overlay.*", s.xattr_namespace);
     println!("passthrough:  {}", if s.passthrough { "on" } else { "off" });
+    println!("index:        {}", if s.indexed { "on" } else { "off" });
     println!("nodes:        {}", s.nodes);
     println!("cached dirs:  {}", s.cached_dirs);
     println!(
