@@ -7,6 +7,7 @@ mod harness;
 mod cli;
 mod hardlinks;
 mod idmap;
+mod index;
 mod metacopy;
 mod passthrough;
 mod reference;

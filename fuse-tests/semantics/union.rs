@@ -514,18 +514,20 @@ fn copy_up_preserves_data_mode_owner_times_xattrs() {
             .mode("d", 0o750)
             .xattr("d", "user.dir", "x");
         l1.symlink("s", "f").owner("s", 21, 22);
+        // Layers are immutable once mounted (the index relies on it): give
+        // the file its capability and times before the mount.
+        let setcap = run(Command::new("setcap")
+            .arg("cap_net_raw+ep")
+            .arg(l1.root.join("f")));
+        assert!(
+            setcap.status.success(),
+            "setcap: {}",
+            String::from_utf8_lossy(&setcap.stderr)
+        );
+        for (p, t) in [("f", 1_000_000_000), ("d", 1_100_000_000)] {
+            sys::utimens(&l1.root.join(p), (900_000_000, 0), (t, 123)).unwrap();
+        }
     });
-    let setcap = run(Command::new("setcap")
-        .arg("cap_net_raw+ep")
-        .arg(u.l1.join("f")));
-    assert!(
-        setcap.status.success(),
-        "setcap: {}",
-        String::from_utf8_lossy(&setcap.stderr)
-    );
-    for (p, t) in [("f", 1_000_000_000), ("d", 1_100_000_000)] {
-        sys::utimens(&u.l1.join(p), (900_000_000, 0), (t, 123)).unwrap();
-    }
     let low_perm = perm(&u.l1.join("f"));
     assert_eq!(low_perm, 0o4755, "setcap kept the setuid bit");
 
