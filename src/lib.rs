@@ -6,6 +6,7 @@
 //! - [`union`]: the union semantics, independent of FUSE;
 //! - [`fuse`]: the FUSE adapter;
 //! - [`mount`]: mount configuration, option parsing, the daemon;
+//! - [`store`]: the layer store (layers, images, containers) and OCI import/export;
 //! - [`cli`]: command lines of `unionctl` and `layerfs`.
 
 pub mod cli;
@@ -13,4 +14,5 @@ pub mod fuse;
 pub mod index;
 pub mod layer;
 pub mod mount;
+pub mod store;
 pub mod union;

@@ -4,6 +4,7 @@
 
 pub mod compat;
 mod index;
+mod store;
 mod unionctl;
 
 pub use unionctl::main as unionctl_main;
