@@ -85,7 +85,7 @@ impl<R: Read> Read for Counting<'_, R> {
 pub(super) enum Decoder<R: BufRead> {
     Plain(R),
     /// gzip, member after member (pigz and eStargz write several).
-    Gzip(Option<flate2::bufread::GzDecoder<R>>),
+    Gzip(Option<Box<flate2::bufread::GzDecoder<R>>>),
     /// zstd, frame after frame.
     Zstd(Option<zstd::stream::read::Decoder<'static, R>>),
 }
@@ -112,7 +112,7 @@ impl<R: Read> Decoder<Peeked<R>> {
         let r = BufReader::with_capacity(IN_BUF, io::Cursor::new(head).chain(input));
         let d = match compression {
             Compression::None => Decoder::Plain(r),
-            Compression::Gzip => Decoder::Gzip(Some(flate2::bufread::GzDecoder::new(r))),
+            Compression::Gzip => Decoder::Gzip(Some(Box::new(flate2::bufread::GzDecoder::new(r)))),
             Compression::Zstd => Decoder::Zstd(Some(
                 zstd::stream::read::Decoder::with_buffer(r)?.single_frame(),
             )),
@@ -140,7 +140,7 @@ impl<R: BufRead> Read for Decoder<R> {
                 };
                 let mut r = d.into_inner();
                 if r.fill_buf()?.starts_with(&GZIP_MAGIC) {
-                    *slot = Some(flate2::bufread::GzDecoder::new(r));
+                    *slot = Some(Box::new(flate2::bufread::GzDecoder::new(r)));
                 } else {
                     drain(&mut r)?;
                     return Ok(0);
