@@ -13,3 +13,4 @@ mod passthrough;
 mod reference;
 mod semantics;
 mod smoke;
+mod store;

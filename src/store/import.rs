@@ -205,8 +205,9 @@ fn oci_manifests(
     }
     for desc in chosen {
         let names: Vec<String> = [
-            "org.opencontainers.image.ref.name",
+            // The full name first; ref.name is often only a tag.
             "io.containerd.image.name",
+            "org.opencontainers.image.ref.name",
         ]
         .iter()
         .filter_map(|k| desc.pointer(&format!("/annotations/{}", k.replace('/', "~1"))))
