@@ -718,7 +718,10 @@ fn tar_member(out: &mut Vec<u8>, name: &[u8], kind: u8, data: &[u8], link: &[u8]
 
 /// Adds a sixth, uncompressed layer made of `members` to a layout, with
 /// every digest correct: only the content is hostile.
-fn add_layer(layout: &Path, members: &[(&[u8], u8, &[u8], &[u8])]) {
+/// A tar member: name, type flag, data, link target.
+type Member<'a> = (&'a [u8], u8, &'a [u8], &'a [u8]);
+
+fn add_layer(layout: &Path, members: &[Member<'_>]) {
     let mut tar = Vec::new();
     for (name, kind, data, link) in members {
         tar_member(&mut tar, name, *kind, data, link);

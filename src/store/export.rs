@@ -79,7 +79,6 @@ pub(crate) fn pack_to(
     let blob = HashingWriter::new(BufWriter::with_capacity(1 << 20, out));
     let opts = PackOptions {
         lowers: lowers.to_vec(),
-        ..PackOptions::default()
     };
     let what = |e: &dyn std::fmt::Display| io_err(upper, format!("packing: {e}"));
     let (diff_id, size, entries, blob) = match compression {
