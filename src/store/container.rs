@@ -31,20 +31,21 @@ pub struct LayerInfo {
     pub images: usize,
 }
 
-/// Whether a layerfs daemon serves `mp` now: its runtime record names a
-/// live process and the kernel lists the mount.
+/// Whether a layerfs mount is at `mp` now, as the kernel lists it (a mount
+/// whose daemon died still counts: it must still be unmounted).
 pub fn is_live_mount(mp: &Path) -> bool {
-    let Some(pid) = mount::record::MountRecord::daemon_pid(mp) else {
-        return false;
-    };
-    if nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_err() {
-        return false;
-    }
     let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
-    let want = mp.to_string_lossy().replace(' ', "\\040");
-    mounts
-        .lines()
-        .any(|l| l.split_whitespace().nth(1) == Some(want.as_str()))
+    let want = mp
+        .to_string_lossy()
+        .replace('\\', "\\134")
+        .replace(' ', "\\040")
+        .replace('\t', "\\011")
+        .replace('\n', "\\012");
+    mounts.lines().any(|l| {
+        let mut f = l.split_whitespace();
+        let (_, target, fstype) = (f.next(), f.next(), f.next());
+        target == Some(want.as_str()) && fstype.is_some_and(|t| t.starts_with("fuse"))
+    })
 }
 
 impl Store {
