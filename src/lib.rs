@@ -7,6 +7,7 @@
 //! - [`fuse`]: the FUSE adapter;
 //! - [`mount`]: mount configuration, option parsing, the daemon;
 //! - [`store`]: the layer store (layers, images, containers) and OCI import/export;
+//! - [`runtime`]: the minimal container runtime (`unionctl run`, `exec`);
 //! - [`cli`]: command lines of `unionctl` and `layerfs`.
 
 pub mod cli;
@@ -14,5 +15,6 @@ pub mod fuse;
 pub mod index;
 pub mod layer;
 pub mod mount;
+pub mod runtime;
 pub mod store;
 pub mod union;

@@ -4,6 +4,7 @@
 
 pub mod compat;
 mod index;
+mod run;
 mod store;
 mod unionctl;
 

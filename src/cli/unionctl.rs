@@ -97,6 +97,15 @@ enum Cmd {
     /// Manage the lower layers' metadata index.
     #[command(subcommand)]
     Index(super::index::IndexCmd),
+    /// Run a command in a new container: an image from the store, or
+    /// layer directories (--lower).
+    Run(super::run::RunArgs),
+    /// Run a command in a running container.
+    Exec(super::run::ExecArgs),
+    /// Send a signal to a running container.
+    Kill(super::run::KillArgs),
+    /// Containers started by `run`: running or exited.
+    State(super::run::StateArgs),
     /// Show what a mount's daemon serves and holds.
     Status {
         /// Print JSON.
@@ -292,6 +301,10 @@ pub fn main() -> i32 {
                 Err(e) => super::fail("unionctl", e),
             }
         }
+        Cmd::Run(a) => return super::run::run(root, a),
+        Cmd::Exec(a) => return super::run::exec(a),
+        Cmd::Kill(a) => return super::run::kill(a),
+        Cmd::State(a) => return super::run::show_state(a),
         Cmd::Image(c) => Some(S::Image(c)),
         Cmd::Store(c) => Some(S::Store(c)),
         Cmd::Images { json } => Some(S::Images { json }),
