@@ -1026,3 +1026,77 @@ fn container_lifecycle() {
         Some(0)
     );
 }
+
+/// The Driver trait's operations through the library (mounting, which
+/// forks a daemon, through the command: a test process has threads).
+#[test]
+fn driver_operations() {
+    use layerfs::store::driver::Driver;
+    use layerfs::store::tar::Compression;
+    use layerfs::store::{Digest, Store};
+
+    let s = Scratch::new("store-driver");
+    let root = s.path("store");
+    import(&root, &fixture(), "multi:latest");
+    let store = Store::open(&root).expect("open the store");
+    let base = "sha256:145e56ab90dc4071e4c7ca0259e6f21aec10b3672cf08a6ab9e4042be1b95120";
+    assert!(store.exists(base));
+    assert!(!store.exists("d1"));
+    store.create_rw("d1", "multi").expect("create_rw");
+    assert!(store.exists("d1"));
+    assert!(store.create_rw("d1", "multi").is_err(), "a second d1");
+
+    let mp = PathBuf::from(ok(&root, &["mount", "d1"]).trim());
+    fs::write(mp.join("etc/driver"), "12345").expect("write");
+    fs::remove_file(mp.join("etc/issue")).expect("rm");
+    ok(&root, &["umount", "d1"]);
+
+    let changes: Vec<String> = store
+        .changes("d1")
+        .expect("changes")
+        .iter()
+        .map(|c| format!("{} {}", c.kind.letter(), c.path))
+        .collect();
+    assert_eq!(changes, ["C /etc", "A /etc/driver", "D /etc/issue"]);
+    assert_eq!(store.diff_size("d1").expect("diff_size"), 5);
+
+    let mut tar = Vec::new();
+    let blob = store.diff("d1", &mut tar, Compression::None).expect("diff");
+    assert_eq!(blob.digest, Digest::of(&tar));
+    assert_eq!(blob.diff_id, blob.digest, "uncompressed: one digest");
+
+    // A layer from that tar: named by its content.
+    let top = Digest::parse(base).expect("digest");
+    let pending = store.create(Some(&top)).expect("create");
+    let id = store
+        .apply_diff(pending, &mut &tar[..])
+        .expect("apply_diff");
+    assert_eq!(id, blob.diff_id);
+    assert!(store.exists(&id.to_string()));
+    assert_eq!(store.layer(&id).expect("record").source, "apply-diff");
+    // Used by no image: remove works, and cleanup would have done it.
+    store.remove(&id.to_string()).expect("remove the layer");
+    assert!(!store.exists(&id.to_string()));
+    let again = store.create(None).expect("create");
+    let gz = {
+        let mut gz = Vec::new();
+        store
+            .diff("d1", &mut gz, Compression::Gzip)
+            .expect("diff gz");
+        gz
+    };
+    assert_eq!(store.apply_diff(again, &mut &gz[..]).expect("apply gz"), id);
+    let cleaned = store.cleanup().expect("cleanup");
+    assert_eq!(cleaned.layers, vec![id.clone()]);
+    // An abandoned create leaves nothing.
+    drop(store.create(None).expect("create"));
+    assert_eq!(fs::read_dir(root.join("tmp")).expect("tmp").count(), 0);
+    // A layer an image uses is not removed.
+    assert!(store.remove(base).is_err());
+
+    let status: BTreeMap<String, String> = store.status().expect("status").into_iter().collect();
+    assert_eq!(status["Layers"], "5");
+    assert_eq!(status["Containers"], "1 (0 mounted)");
+    store.remove("d1").expect("remove the container");
+    assert!(!store.exists("d1"));
+}
