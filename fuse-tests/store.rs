@@ -1100,3 +1100,26 @@ fn driver_operations() {
     store.remove("d1").expect("remove the container");
     assert!(!store.exists("d1"));
 }
+
+/// A disk that fills up during the import: a clear error (ENOSPC, naming
+/// the layer), and the store as it was.
+#[test]
+fn full_disk_import() {
+    let s = Scratch::new("store-full");
+    let root = s.dir("small");
+    let out = run(Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=40m", "tmpfs"])
+        .arg(&root));
+    assert!(out.status.success(), "mount tmpfs: {out:?}");
+    ok(&root, &["images"]);
+    let before = store_listing(&root);
+    let err = refused(
+        &root,
+        &["image", "import", fixture().to_str().expect("utf-8")],
+        "No space left on device",
+    );
+    assert!(err.contains(BASE), "the message names the layer: {err}");
+    assert_listing_same("after ENOSPC", &before, &store_listing(&root));
+    let out = run(Command::new("umount").arg(&root));
+    assert!(out.status.success(), "umount tmpfs: {out:?}");
+}
