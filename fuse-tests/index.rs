@@ -25,7 +25,7 @@ impl Rng {
 
 /// A random stack of `n` layers over a shared set of names: files, dirs,
 /// symlinks, hard links, whiteouts of files and dirs, opaque dirs, a file
-/// replacing a dir and a dir replacing a file.
+/// replacing a dir and a dir replacing a file, xattrs on some.
 fn random_stack(s: &Scratch, tag: &str, seed: u64, n: usize, form: WhiteoutForm) -> Vec<PathBuf> {
     let mut rng = Rng(seed | 1);
     let names = ["a", "b", "c", "d", "e"];
@@ -45,12 +45,20 @@ fn random_stack(s: &Scratch, tag: &str, seed: u64, n: usize, form: WhiteoutForm)
                 if !parent_ok || root.join(&rel).exists() {
                     continue;
                 }
-                match rng.below(9) {
+                match rng.below(11) {
                     0 | 1 => {
                         l.file(&rel, &format!("{tag} {i} {rel}"));
                     }
                     2 => {
                         l.dir(&rel);
+                    }
+                    // Objects with and without xattrs: the index answers
+                    // xattr requests of the ones without on its own.
+                    9 => {
+                        l.file(&rel, "with xattr").xattr(&rel, "user.k", &rel);
+                    }
+                    10 => {
+                        l.dir(&rel).xattr(&rel, "trusted.k", "v");
                     }
                     3 => {
                         l.symlink(&rel, "target");

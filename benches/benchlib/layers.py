@@ -8,7 +8,12 @@ layers/app      synthetic layer that grows the rootfs to the walk's size by repl
                 modes, symlinks and depths are Debian's, file data is sparse
 layers/bench    the workloads' lower data: big.bin, chmod/, rmtree/ (replicas of
                 Debian's /usr/share), src/ (a source-like tree for git)
+layers/deep/NNN  a stack of `deep_layers` layers (000 on top) that all hold the same directories
+                (usr/lib/dNN): the bottom two hold `deep_files` files, every other layer
+                one file of its own, so each lookup has every layer to search
+layers/bigdir   one directory of `bigdir_entries` files (sparse, sizes as small files)
 inputs/files.tar  small files for untar, and (unpacked straight into an upper layer) for rm -rf of upper files
+inputs/deep-files.txt, inputs/deep-absent.txt  the deep stack's files, and names absent from it
 """
 
 import json
@@ -22,8 +27,8 @@ from .settings import MIB
 from .system import BenchError, log, sh
 
 DATA_KEYS = ("big_file_mib", "chmod_files", "untar_files", "rm_lower_entries",
-             "rootfs_entries", "git_files")
-FORMAT = 2  # bump when the layout or content rules change
+             "rootfs_entries", "git_files", "deep_layers", "deep_files", "bigdir_entries")
+FORMAT = 3  # bump when the layout or content rules change
 
 
 class LayerData:
@@ -33,6 +38,10 @@ class LayerData:
         self.app = os.path.join(self.root, "layers/app")
         self.bench = os.path.join(self.root, "layers/bench")
         self.files_tar = os.path.join(self.root, "inputs/files.tar")
+        self.deep = os.path.join(self.root, "layers/deep")
+        self.bigdir = os.path.join(self.root, "layers/bigdir")
+        self.deep_files = os.path.join(self.root, "inputs/deep-files.txt")
+        self.deep_absent = os.path.join(self.root, "inputs/deep-absent.txt")
         self.manifest = os.path.join(self.root, "manifest.json")
 
     def rootfs_stack(self):
@@ -41,6 +50,16 @@ class LayerData:
 
     def bench_stack(self):
         return [self.bench, self.app, self.debian]
+
+    def deep_stack(self):
+        return sorted(os.path.join(self.deep, n) for n in os.listdir(self.deep))
+
+    def bigdir_stack(self):
+        return [self.bigdir, self.debian]
+
+    def stack(self, name):
+        return {"rootfs": self.rootfs_stack, "bench": self.bench_stack, "deep": self.deep_stack,
+                "bigdir": self.bigdir_stack}[name]()
 
     def wanted(self, sizes):
         return {"format": FORMAT, **{k: getattr(sizes, k) for k in DATA_KEYS}}
@@ -75,6 +94,8 @@ class LayerData:
                       sizes.rm_lower_entries)
         write_source_tree(os.path.join(self.bench, "src"), sizes.git_files, seed=3)
         build_files_tar(self.files_tar, sizes.untar_files)
+        build_deep_stack(self.deep, sizes.deep_layers, sizes.deep_files, self.deep_files, self.deep_absent)
+        write_sparse_files(os.path.join(self.bigdir, "big"), sizes.bigdir_entries, seed=4)
         os.sync()
         with open(self.manifest, "w") as f:
             json.dump({"built": wanted, "image": image}, f, indent=1)
@@ -239,6 +260,36 @@ def write_source_tree(root, n, seed):
         start = rng.randrange(0, len(text) - size)
         with open(os.path.join(d, f"file_{i:05d}.c"), "wb") as f:
             f.write(text[start:start + size])
+
+
+def build_deep_stack(root, layers, files, files_list, absent_list, dirs=32):
+    """`layers` layers with the same `dirs` directories; the files live in the bottom two."""
+    log(f"deep stack: {layers} layers, {files} files in the bottom two")
+    names = [f"usr/lib/d{i % dirs:02d}/lib{i:05d}.so" for i in range(files)]
+    for layer in range(layers):
+        top = os.path.join(root, f"{layer:03d}")
+        for d in range(dirs):
+            os.makedirs(os.path.join(top, f"usr/lib/d{d:02d}"))
+        if layer < layers - 2:  # a file of its own, so that no layer is an empty shell
+            with open(os.path.join(top, f"usr/lib/d{layer % dirs:02d}/layer-{layer:03d}"), "wb") as f:
+                f.write(b"x")
+    for i, name in enumerate(names):  # alternate between the two bottom layers
+        with open(os.path.join(root, f"{layers - 1 - i % 2:03d}", name), "wb") as f:
+            f.truncate(4096 + i)
+    with open(files_list, "w") as f:
+        f.write("".join(n + "\n" for n in names))
+    with open(absent_list, "w") as f:
+        f.write("".join(f"usr/lib/d{i % dirs:02d}/absent{i:05d}.so\n" for i in range(files)))
+
+
+def write_sparse_files(root, n, seed):
+    """n files in one directory, sized as small files but sparse."""
+    log(f"one directory of {n} files")
+    os.makedirs(root)
+    rng = random.Random(seed)
+    for i, size in enumerate(small_sizes(n, rng)):
+        with open(os.path.join(root, f"entry-{i:06d}"), "wb") as f:
+            f.truncate(size)
 
 
 def build_files_tar(path, n):

@@ -9,6 +9,8 @@ CACHE_NOTES = {
     "warm": "fresh mount, the lower file read straight from its layer directory before (page cache warm), never through the mount",
     "fresh": "fresh mount and upper layer, inputs in the page cache, dirty data synced before",
     "again": "the same mount right after the cold walk (measures the kernel's caching of the union)",
+    "warm dirs": "right after the cold row above, on the same mount: the directories are known, the names are new",
+    "warm index": "a second mount of a stack already mounted (layerfs: its index already built), on a fresh upper layer",
 }
 
 

@@ -35,11 +35,15 @@ class Union:
     def version(self):
         return ""
 
+    def mount_command(self, lowers, upper, work, mnt):
+        """(argv, cwd) of the command that mounts."""
+        return self.mount_argv([os.path.abspath(p) for p in lowers], os.path.abspath(upper),
+                               os.path.abspath(work), os.path.abspath(mnt)), None
+
     def mount(self, lowers, upper, work, mnt):
-        argv = self.mount_argv([os.path.abspath(p) for p in lowers], os.path.abspath(upper),
-                               os.path.abspath(work), os.path.abspath(mnt))
+        argv, cwd = self.mount_command(lowers, upper, work, mnt)
         try:
-            p = subprocess.run(argv, capture_output=True, text=True, timeout=MOUNT_TIMEOUT_S)
+            p = subprocess.run(argv, capture_output=True, text=True, cwd=cwd, timeout=MOUNT_TIMEOUT_S)
         except subprocess.TimeoutExpired:
             raise BenchError(f"{self.label}: mount did not return within {MOUNT_TIMEOUT_S} s: {' '.join(argv)}")
         fstype = mount_fstype(mnt)
@@ -126,6 +130,16 @@ def kill(pid):
 class KernelOverlay(Union):
     key, label, fuse = "kernel", "kernel overlayfs", False
 
+    def mount_command(self, lowers, upper, work, mnt):
+        """mount(2) takes one page of options: a deep stack's layers are named
+        relative to their common parent, the mount's working directory."""
+        argv, _ = super().mount_command(lowers, upper, work, mnt)
+        if len(argv[-2]) < 3000:
+            return argv, None
+        parent = os.path.commonpath([os.path.abspath(p) for p in lowers])
+        rel = [os.path.relpath(os.path.abspath(p), parent) for p in lowers]
+        return self.mount_argv(rel, os.path.abspath(upper), os.path.abspath(work), os.path.abspath(mnt)), parent
+
     def mount_argv(self, lowers, upper, work, mnt):
         return ["mount", "-t", "overlay", "overlay", "-o",
                 f"lowerdir={':'.join(lowers)},upperdir={upper},workdir={work}", mnt]
@@ -155,15 +169,22 @@ class FuseOverlayfs(Union):
 
 
 class Layerfs(Union):
-    key, label = "layerfs", "layerfs"
+    """layerfs with its metadata index (kept in index_dir, built at the first
+    mount of each stack, untimed) or without (`index=off`)."""
 
-    def __init__(self, unionctl):
-        self.unionctl = unionctl
+    def __init__(self, unionctl, index_dir=None):
+        self.unionctl, self.index_dir = unionctl, index_dir
+        self.key = "layerfs" if index_dir else "layerfs-noindex"
+        self.label = "layerfs" if index_dir else "layerfs, no index"
 
     def mount_argv(self, lowers, upper, work, mnt):
         argv = [self.unionctl, "mount"]
         for lower in lowers:
             argv += ["--lower", lower]
+        if self.index_dir:
+            argv += ["--index", "on", "--index-dir", self.index_dir]
+        else:
+            argv += ["--index", "off"]
         return argv + ["--upper", upper, "--work", work, mnt]
 
     def unmount_argv(self, mnt):

@@ -11,7 +11,8 @@ import subprocess
 from dataclasses import dataclass, field
 
 from .settings import MIB
-from .system import warm_files
+from .system import mount_fstype, warm_files
+from .unions import Mounted
 
 
 class CheckFailed(Exception):
@@ -33,6 +34,8 @@ class Step:
     argv: list
     stdout: str = None  # file to keep stdout in; otherwise it is discarded
     value: object = None
+    cwd: str = None
+    quiet: bool = True  # False: warnings on stderr are expected (a mount command's), not a failure
 
 
 @dataclass
@@ -41,6 +44,9 @@ class Context:
     data: object  # layers.LayerData
     scratch: str  # where a run keeps a command's output, off the filesystem under test
     env: dict = field(default_factory=dict)
+    union: object = None  # the implementation of the current run (unions.Union)
+    stack: list = None  # its lower layers, top first
+    base: str = None  # the run's directory: upper, work and mount point live in it
 
 
 class Workload:
@@ -64,6 +70,10 @@ class Workload:
     def fingerprint(self, ctx, mnt):
         """What must come out the same on every implementation (compared with the kernel's), or None."""
         return None
+
+    def cleanup(self, ctx):
+        """Take down whatever the workload mounted itself; returns what went wrong."""
+        return []
 
 
 def dd_read(path):
@@ -301,8 +311,82 @@ class Git(Workload):
         expect(status == "", f"work tree not clean after commit: {status[:200]}")
 
 
+STATPATHS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "statpaths.py")
+
+
+def printed_seconds(_wall, out):
+    """The figure a helper printed: its own time, without its start-up."""
+    with open(out) as f:
+        return float(f.read().strip())
+
+
+class StatDeep(Workload):
+    """Every name lives in the bottom two of 128 layers that all hold the directory:
+    the kernel searches each layer; an index answers from one record."""
+    name, stack, cold = "stat-deep", "deep", True
+    rows = [Row("stat_deep", "stat {deep_files} files in the bottom layers of a {deep_layers}-layer stack",
+                "cold"),
+            Row("stat_absent", "stat {deep_files} absent names in the same directories", "warm dirs")]
+
+    def steps(self, ctx, mnt):
+        return [Step("stat_deep", ["python3", STATPATHS, mnt, ctx.data.deep_files, "present"],
+                     stdout=os.path.join(ctx.scratch, "stat-deep.txt"), value=printed_seconds),
+                Step("stat_absent", ["python3", STATPATHS, mnt, ctx.data.deep_absent, "absent"],
+                     stdout=os.path.join(ctx.scratch, "stat-absent.txt"), value=printed_seconds)]
+
+
+class BigDir(Workload):
+    name, stack, cold = "bigdir", "bigdir", True
+    rows = [Row("bigdir_cold", "ls -lU of a {bigdir_entries}-entry lower directory", "cold"),
+            Row("bigdir_warm", "ls -lU of the directory, again", "again")]
+
+    def steps(self, ctx, mnt):
+        return [Step("bigdir_cold", ["ls", "-lU", f"{mnt}/big"], stdout=os.path.join(ctx.scratch, "bigdir.txt")),
+                Step("bigdir_warm", ["ls", "-lU", f"{mnt}/big"])]
+
+    def check(self, ctx, mnt, upper):
+        n = count_lines(os.path.join(ctx.scratch, "bigdir.txt")) - 1  # "total N"
+        expect(n == ctx.sizes.bigdir_entries, f"ls -l listed {n} entries, not {ctx.sizes.bigdir_entries}")
+
+    def fingerprint(self, ctx, mnt):
+        with open(os.path.join(ctx.scratch, "bigdir.txt")) as f:
+            return sorted(" ".join(line.split()[:5] + line.split()[8:]) for line in f if line.startswith("-"))
+
+
+class MountTime(Workload):
+    """The runner's own mount of the deep stack comes first (for layerfs it builds
+    the index, untimed); the timed command mounts the same stack a second time,
+    on a fresh upper layer, and returns once the mount is live."""
+    name, stack = "mount-deep", "deep"
+    rows = [Row("mount_deep", "mount a {deep_layers}-layer stack (layerfs: index already built)", "warm index")]
+
+    dirs = None  # upper, work and mount point of the timed mount
+
+    def before(self, ctx, mnt):
+        self.dirs = [os.path.join(ctx.base, d) for d in ("upper2", "work2", "mnt2")]
+        for d in self.dirs:
+            os.makedirs(d)
+
+    def steps(self, ctx, mnt):
+        argv, cwd = ctx.union.mount_command(ctx.stack, *self.dirs)
+        return [Step("mount_deep", argv, cwd=cwd, quiet=False)]
+
+    def check(self, ctx, mnt, upper):
+        mnt2 = self.dirs[2]
+        expect(mount_fstype(mnt2) is not None, "the second mount is not there")
+        n = len(os.listdir(os.path.join(mnt2, "usr/lib/d00")))
+        expect(n > ctx.sizes.deep_files // 32, f"usr/lib/d00 lists {n} entries through the second mount")
+
+    def cleanup(self, ctx):
+        mnt2, self.dirs = self.dirs[2] if self.dirs else None, None
+        if mnt2 is None or mount_fstype(mnt2) is None:
+            return []
+        pid = ctx.union.daemon_pid(mnt2) if ctx.union.fuse else None
+        return Mounted(ctx.union, mnt2, pid).unmount()
+
+
 ALL = [SeqReadCold(), SeqReadHot(), RandRead(), SeqWrite(), CopyUp(), Chmod(), Untar(),
-       RmLower(), RmUpper(), WalkFind(), WalkLs(), Git()]
+       RmLower(), RmUpper(), WalkFind(), WalkLs(), Git(), StatDeep(), BigDir(), MountTime()]
 
 
 def git_env(home):

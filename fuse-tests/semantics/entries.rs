@@ -415,3 +415,74 @@ fn read_only_mount_refuses_every_write() {
         );
     }
 }
+
+/// The kernel keeps directory listings across opens; every change made
+/// through the mount must still show in the next listing, also when the
+/// change races with a listing being taken.
+#[test]
+fn kept_listings_follow_every_change() {
+    let u = setup("kept-listings", Via::Unionctl, |l1, l2| {
+        l1.file("d/low1", "1").dir("d/lowdir");
+        l2.file("d/low2", "2");
+    });
+    let names = |p: &Path| {
+        let mut v: Vec<String> = fs::read_dir(p)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    };
+    let d = u.p("d");
+    assert_eq!(names(&d), ["low1", "low2", "lowdir"]);
+    assert_eq!(names(&d), ["low1", "low2", "lowdir"], "the kept listing");
+    File::create(d.join("new")).unwrap();
+    assert_eq!(names(&d), ["low1", "low2", "lowdir", "new"], "after create");
+    fs::remove_file(d.join("low1")).unwrap();
+    assert_eq!(
+        names(&d),
+        ["low2", "lowdir", "new"],
+        "after unlink of a lower file"
+    );
+    fs::rename(d.join("low2"), u.p("moved")).unwrap();
+    assert_eq!(names(&d), ["lowdir", "new"], "after rename out");
+    assert!(names(&u.p("")).contains(&"moved".to_string()), "rename in");
+    fs::remove_dir(d.join("lowdir")).unwrap();
+    fs::create_dir(d.join("lowdir")).unwrap();
+    assert_eq!(
+        names(&d.join("lowdir")),
+        Vec::<String>::new(),
+        "opaque after rmdir+mkdir"
+    );
+    std::os::unix::fs::symlink("x", d.join("sym")).unwrap();
+    fs::hard_link(d.join("new"), d.join("link")).unwrap();
+    assert_eq!(
+        names(&d),
+        ["link", "lowdir", "new", "sym"],
+        "after symlink and link"
+    );
+
+    // Listings taken while another thread creates and removes names: once
+    // the writer has stopped, a listing shows exactly what is there.
+    let dir = d.clone();
+    let writer = std::thread::spawn(move || {
+        for i in 0..300 {
+            let p = dir.join(format!("race{i}"));
+            File::create(&p).unwrap();
+            if i % 3 == 0 {
+                fs::remove_file(&p).unwrap();
+            }
+        }
+    });
+    while !writer.is_finished() {
+        names(&d);
+    }
+    writer.join().unwrap();
+    let mut want: Vec<String> = (0..300)
+        .filter(|i| i % 3 != 0)
+        .map(|i| format!("race{i}"))
+        .chain(["link", "lowdir", "new", "sym"].map(String::from))
+        .collect();
+    want.sort();
+    assert_eq!(names(&d), want, "after concurrent changes");
+}

@@ -449,15 +449,14 @@ impl Filesystem for UnionFs {
             Ok(dir) => {
                 let fh = self.fh();
                 self.dirs.insert(fh, Arc::new(dir));
-                // A read-only union never changes: the kernel may keep
-                // listings across opens. (Where it can change, a listing
-                // taken before a concurrent change could be cached after
-                // the kernel's invalidation, so it is not kept.)
-                let flags = if self.union.is_read_only() {
-                    FopenFlags::FOPEN_CACHE_DIR | FopenFlags::FOPEN_KEEP_CACHE
-                } else {
-                    FopenFlags::empty()
-                };
+                // The kernel may keep listings across opens. It notes the
+                // directory's change counter (iversion, bumped on every
+                // create, unlink and rename it sends us) before it asks for
+                // offset 0, and the union takes its listing when that
+                // request arrives, never earlier: a change the listing
+                // misses completes after the note, so the kernel throws the
+                // cached listing away at the next open.
+                let flags = FopenFlags::FOPEN_CACHE_DIR | FopenFlags::FOPEN_KEEP_CACHE;
                 reply.opened(FileHandle(fh), flags);
             }
             Err(e) => reply.error(errno(e)),

@@ -5,7 +5,9 @@ use std::ffi::CStr;
 
 use rocksdb::WriteBatch;
 
-use super::record::{self, Entry, LayerMeta, CUT_BELOW, LAYER, OPAQUE, VERSION, WHITEOUT};
+use super::record::{
+    self, Entry, LayerMeta, CUT_BELOW, HAS_XATTRS, LAYER, OPAQUE, VERSION, WHITEOUT,
+};
 use super::{Index, IndexError, Result};
 use crate::layer::whiteout;
 use crate::layer::{Dir, Kind, Layer};
@@ -52,6 +54,9 @@ fn read_dir(dir: &Dir) -> nix::Result<Vec<(Vec<u8>, Entry)>> {
             flags |= WHITEOUT;
         } else if st.is_dir() && whiteout::dir_marks(dir, &cname)?.opaque {
             flags |= OPAQUE;
+        }
+        if dir.has_xattrs(&cname)? {
+            flags |= HAS_XATTRS;
         }
         let target = if st.kind() == Some(Kind::Symlink) {
             dir.readlink(&cname)?

@@ -14,10 +14,12 @@
 use crate::layer::{Kind, Stat};
 
 /// Format of the records; a different version means re-index.
-pub const VERSION: u32 = 1;
+pub const VERSION: u32 = 2;
 
 pub const WHITEOUT: u8 = 1;
 pub const OPAQUE: u8 = 2;
+/// The entry has extended attributes (of any namespace, internal ones
+/// included); without it, getxattr of a lower-only object needs no syscall.
 pub const HAS_XATTRS: u8 = 4;
 /// A `.wh.<name>` sits beside the entry: layers below do not count.
 pub const CUT_BELOW: u8 = 8;

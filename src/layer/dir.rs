@@ -164,6 +164,16 @@ impl Dir {
         sys::getxattrat(self.fd(), name, attr, buf)
     }
 
+    /// Whether an entry has any extended attribute (false where the
+    /// filesystem has none at all).
+    pub fn has_xattrs(&self, name: &CStr) -> SysResult<bool> {
+        match sys::listxattrat(self.fd(), name, &mut []) {
+            Ok(n) => Ok(n > 0),
+            Err(Errno::ENOTSUP) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
     pub fn list_xattr(&self, name: &CStr) -> SysResult<Vec<u8>> {
         let mut buf = vec![0u8; 1024];
         loop {

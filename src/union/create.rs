@@ -214,6 +214,7 @@ impl Union {
             lowers: SmallVec::new(),
             metacopy: false,
             redirect: None,
+            lower_xattr_free: false,
         };
         let node = self.node_for(parent, name, &found)?;
         match self.attr_of(&node, &st) {

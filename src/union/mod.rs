@@ -257,6 +257,7 @@ impl Union {
                 index_nlink: 0,
                 unlinked: false,
                 orphan: None,
+                lower_xattr_free: false,
             },
         );
         let dirs = DirCache::new(cfg.dir_cache_size);

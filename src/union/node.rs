@@ -95,9 +95,17 @@ pub struct NodeState {
     /// After the last name is gone: an `O_PATH` fd on the real object, so
     /// `fstat` of a file that is still open keeps working.
     pub orphan: Option<Arc<OwnedFd>>,
+    /// The index says the lower object has no extended attributes: while
+    /// it is not copied up, xattr requests are answered without a syscall.
+    pub lower_xattr_free: bool,
 }
 
 impl NodeState {
+    /// Lower-only, and without extended attributes per the index.
+    pub fn xattr_free(&self) -> bool {
+        self.lower_xattr_free && !self.upper && !self.unlinked
+    }
+
     /// State of a node with nothing behind it.
     pub fn gone() -> NodeState {
         NodeState {
@@ -110,6 +118,7 @@ impl NodeState {
             index_nlink: 0,
             unlinked: true,
             orphan: None,
+            lower_xattr_free: false,
         }
     }
 

@@ -167,7 +167,9 @@ impl Union {
         Ok(OpenDir::new(node))
     }
 
-    /// The listing of an open directory; taken anew at offset 0.
+    /// The listing of an open directory; taken anew at offset 0, at this
+    /// call and not at open: a caller that caches listings keyed on a
+    /// change counter it reads before asking (the kernel does) relies on it.
     pub fn readdir(&self, dir: &OpenDir, offset: u64) -> Result<Arc<Vec<DirEntry>>> {
         let mut cached = dir.entries.lock().unwrap_or_else(|p| p.into_inner());
         if offset == 0 || cached.is_none() {

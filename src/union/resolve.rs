@@ -16,6 +16,7 @@ use smallvec::SmallVec;
 
 use super::node::{Loc, Node, NodeState, RealId};
 use super::{Attr, NodeId, Result, Union};
+use crate::index::record::HAS_XATTRS;
 use crate::layer::whiteout;
 use crate::layer::{Kind, Stat};
 
@@ -31,6 +32,8 @@ pub(super) struct Found {
     pub metacopy: bool,
     /// A moved directory: the path its lower layers hold it at.
     pub redirect: Option<CString>,
+    /// The index says the top lower object has no extended attributes.
+    pub lower_xattr_free: bool,
 }
 
 impl Found {
@@ -42,6 +45,7 @@ impl Found {
             lowers: SmallVec::new(),
             metacopy: false,
             redirect: None,
+            lower_xattr_free: false,
         };
         match loc {
             Loc::Upper => f.upper = Some(st),
@@ -220,6 +224,7 @@ impl Union {
             None => {
                 let mut f = Found::new(Loc::Lower(top), st).ok_or(Errno::EIO)?;
                 f.lowers = layers.collect();
+                f.lower_xattr_free = m.entry.flags & HAS_XATTRS == 0;
                 *found = Some(f);
             }
             Some(f) if f.metacopy => {
@@ -340,6 +345,7 @@ impl Union {
                 index_nlink,
                 unlinked: false,
                 orphan: None,
+                lower_xattr_free: found.upper.is_none() && found.lower_xattr_free,
             };
             Ok::<_, Errno>((ino, state))
         })?;

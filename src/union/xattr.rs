@@ -32,6 +32,9 @@ impl Union {
             return Err(Errno::ENODATA);
         }
         let node = self.node(id)?;
+        if node.state().xattr_free() {
+            return Err(Errno::ENODATA);
+        }
         let real = self.real(&node)?;
         if size == 0 {
             let n = real.dir.dir.get_xattr_into(real.name(), attr, &mut [])?;
@@ -45,6 +48,12 @@ impl Union {
 
     pub fn listxattr(&self, id: NodeId, size: u32) -> Result<XattrReply> {
         let node = self.node(id)?;
+        if node.state().xattr_free() {
+            return Ok(match size {
+                0 => XattrReply::Size(0),
+                _ => XattrReply::Data(Vec::new()),
+            });
+        }
         let real = self.real(&node)?;
         let raw = match real.dir.dir.list_xattr(real.name()) {
             Ok(l) => l,
