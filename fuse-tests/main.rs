@@ -11,6 +11,7 @@ mod index;
 mod metacopy;
 mod passthrough;
 mod reference;
+mod runtime;
 mod semantics;
 mod smoke;
 mod store;

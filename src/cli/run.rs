@@ -234,7 +234,7 @@ pub fn show_state(a: StateArgs) -> i32 {
         return 0;
     }
     println!(
-        "{:<24}{:<10}{:<9}{:<24}COMMAND",
+        "{:<24}{:<13}{:<9}{:<24}COMMAND",
         "NAME", "STATUS", "PID", "IMAGE"
     );
     for (s, live) in rows {
@@ -251,7 +251,7 @@ pub fn show_state(a: StateArgs) -> i32 {
             "-".into()
         };
         println!(
-            "{:<24}{:<10}{:<9}{:<24}{}",
+            "{:<24}{:<13}{:<9}{:<24}{}",
             s.name,
             status,
             pid,
@@ -260,4 +260,42 @@ pub fn show_state(a: StateArgs) -> i32 {
         );
     }
     0
+}
+
+/// `unionctl rm NAME`: refused while the container runs (even with
+/// --force, which would unmount the rootfs under it); removes the store
+/// container, then the runtime record. A `--lower` container has only the
+/// runtime record (and its upper layer in it).
+pub fn rm(root: Option<&Path>, name: String, force: bool) -> i32 {
+    let recorded = state::load(&name).ok();
+    if let Some(st) = &recorded {
+        if st.live_status() != Status::Exited {
+            return super::fail(
+                "unionctl",
+                format!("container {name} is running; stop it first (unionctl kill {name})"),
+            );
+        }
+        if st.image.is_none() {
+            return match state::remove_dir(&name) {
+                Ok(()) => 0,
+                Err(e) => super::fail("unionctl", e),
+            };
+        }
+    }
+    let code = match super::store::run(
+        root,
+        super::store::Cmd::Rm {
+            name: name.clone(),
+            force,
+        },
+    ) {
+        Ok(c) => c,
+        Err(e) => return super::fail("unionctl", e),
+    };
+    if code == 0 && recorded.is_some() {
+        if let Err(e) = state::remove_dir(&name) {
+            return super::fail("unionctl", e);
+        }
+    }
+    code
 }

@@ -311,7 +311,7 @@ pub fn main() -> i32 {
         Cmd::Layers { json } => Some(S::Layers { json }),
         Cmd::Ps { json } => Some(S::Ps { json }),
         Cmd::Create { json, image, name } => Some(S::Create { image, name, json }),
-        Cmd::Rm { force, name } => Some(S::Rm { name, force }),
+        Cmd::Rm { force, name } => return super::run::rm(root, name, force),
         Cmd::Diff { json, name } => Some(S::Diff { name, json }),
         Cmd::Commit { json, name, image } => Some(S::Commit { name, image, json }),
         Cmd::ExportLayer { json, name, out } => Some(S::ExportLayer { name, out, json }),

@@ -39,7 +39,10 @@ fn is_cgroup2(p: &Path) -> bool {
     }
     // SAFETY: statfs succeeded.
     let st = unsafe { st.assume_init() };
-    st.f_type as i64 == CGROUP2_SUPER_MAGIC
+    // f_type's width differs between architectures.
+    #[allow(clippy::unnecessary_cast)]
+    let t = st.f_type as i64;
+    t == CGROUP2_SUPER_MAGIC
 }
 
 /// The unified hierarchy to use, if it has our controllers.

@@ -114,7 +114,7 @@ pub fn parse_cpus(s: &str) -> Result<(u64, u64)> {
     let v: f64 = s.trim().parse().map_err(|_| {
         RunError::Invalid(format!("--cpus {s:?}: give a number of CPUs (e.g. 0.5)"))
     })?;
-    if !v.is_finite() || v < 0.01 || v > 4096.0 {
+    if !v.is_finite() || !(0.01..=4096.0).contains(&v) {
         return Err(RunError::Invalid(format!(
             "--cpus {s:?}: must be between 0.01 and 4096"
         )));

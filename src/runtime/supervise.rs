@@ -194,6 +194,30 @@ fn stdin_tty() -> Option<PathBuf> {
     std::fs::read_link("/proc/self/fd/0").ok()
 }
 
+/// Cleans up after a supervisor that died without tearing down (killed
+/// with SIGKILL, or the machine's OOM killer): its container died with it
+/// (PDEATHSIG), but its cgroup and rootfs mount may remain.
+fn recover_stale(old: &ContainerState, store: Option<&Store>) -> Result<()> {
+    let step = |e: String| setup_err(format!("cleaning up after the last run of {}", old.name), e);
+    if !old.cgroups.is_empty() {
+        Cgroup::from_dirs(old.cgroup_v2, old.cgroups.clone())
+            .remove(Duration::from_secs(5))
+            .map_err(|e| step(e.to_string()))?;
+    }
+    if old.rootfs.as_os_str().is_empty() || !is_mounted(&old.rootfs) {
+        return Ok(());
+    }
+    match (old.image.is_some(), store) {
+        (true, Some(s)) => unmount_with_retry(|lazy| {
+            s.umount_container(&old.name, lazy)
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        }),
+        _ => unmount_with_retry(|lazy| mount::umount(&old.rootfs, lazy).map_err(|e| e.to_string())),
+    }
+    .map_err(step)
+}
+
 /// Runs a container to completion.
 pub fn run(spec: RunSpec, store: Option<&Store>) -> Result<Outcome> {
     crate::store::check_container_name(&spec.name)?;
@@ -201,6 +225,7 @@ pub fn run(spec: RunSpec, store: Option<&Store>) -> Result<Outcome> {
         if old.live_status() != Status::Exited {
             return Err(RunError::Running(spec.name.clone()));
         }
+        recover_stale(&old, store)?;
     }
     let dir = state::dir_of(&spec.name);
     let fresh_state = !dir.exists();
