@@ -181,7 +181,9 @@ fn default_container_privileges_and_mounts() {
             "-c",
             "grep -E '^(CapEff|CapBnd|NoNewPrivs)' /proc/self/status; \
              ls /dev; grep -E ' /(sys|proc|dev/pts|dev/shm|dev/mqueue) ' /proc/self/mounts; \
-             echo x > /sys/kernel/x 2>/dev/null || echo sys-ro",
+             echo x > /sys/kernel/x 2>/dev/null || echo sys-ro; \
+             grep -q ' /proc/sys proc ro,' /proc/self/mounts && echo procsys-ro; \
+             wc -c < /proc/keys; ls /proc/acpi 2>/dev/null | wc -l",
             &n,
         ],
     );
@@ -197,6 +199,9 @@ fn default_container_privileges_and_mounts() {
     }
     assert!(s.contains("sysfs /sys sysfs ro"), "{s}");
     assert!(s.contains("sys-ro"), "{s}");
+    assert!(s.contains("procsys-ro"), "{s}");
+    // /proc/keys reads empty (masked by /dev/null), /proc/acpi is empty.
+    assert!(s.ends_with("0\n0\n"), "{s}");
     // A non-root user keeps no capabilities.
     let out = run_ct(
         &n,
@@ -351,11 +356,11 @@ fn writes_land_in_the_upper_and_survive_a_restart() {
 
 /// Starts a long-running container in the background and waits until
 /// `state` shows it running.
-fn start_background(n: &str, script: &str) -> Child {
+fn start_background(n: &str, extra: &[&str], script: &str) -> Child {
     let child = uc()
-        .args([
-            "run", "--rm", "--name", n, "fixture", "--", "sh", "-c", script, n,
-        ])
+        .args(["run", "--rm", "--name", n])
+        .args(extra)
+        .args(["fixture", "--", "sh", "-c", script, n])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -373,6 +378,7 @@ fn exec_joins_the_namespaces_and_kill_delivers_signals() {
     let n = name("exec");
     let child = start_background(
         &n,
+        &["--cpus", "0.5", "--memory", "128M", "--pids", "64"],
         "trap 'echo got TERM; exit 42' TERM; echo here > /marker; while :; do sleep 0.1; done",
     );
     assert!(wait_for(Duration::from_secs(10), || merged(&n)
@@ -401,6 +407,31 @@ fn exec_joins_the_namespaces_and_kill_delivers_signals() {
         .and_then(|l| l.trim().parse().ok())
         .unwrap_or(999);
     assert!(nprocs < 10, "{nprocs} processes visible: {s}");
+    // The limits are on the container's cgroup, and exec joined it.
+    let cg = |ctl: &str, file: &str| {
+        std::fs::read_to_string(
+            Path::new("/sys/fs/cgroup")
+                .join(ctl)
+                .join("layerfs")
+                .join(&n)
+                .join(file),
+        )
+        .unwrap_or_default()
+    };
+    assert_eq!(cg("cpu", "cpu.cfs_quota_us"), "50000\n");
+    assert_eq!(cg("cpu", "cpu.cfs_period_us"), "100000\n");
+    assert_eq!(
+        cg("memory", "memory.limit_in_bytes"),
+        format!("{}\n", 128 << 20)
+    );
+    assert_eq!(cg("pids", "pids.max"), "64\n");
+    let out = run(uc().args(["exec", &n, "--", "cat", "/proc/self/cgroup"]));
+    // In its own cgroup namespace, the container's cgroup is the root.
+    assert!(
+        text(&out.stdout).contains("pids:/\n"),
+        "{}",
+        text(&out.stdout)
+    );
     // exec's exit status comes back.
     let out = run(uc().args(["exec", &n, "--", "sh", "-c", "exit 3"]));
     assert_eq!(out.status.code(), Some(3));
@@ -421,7 +452,7 @@ fn exec_joins_the_namespaces_and_kill_delivers_signals() {
 #[test]
 fn sigkill_reports_137_and_a_dead_supervisor_is_not_running() {
     let n = name("kill9");
-    let child = start_background(&n, "while :; do sleep 1; done");
+    let child = start_background(&n, &[], "while :; do sleep 1; done");
     let out = run(uc().args(["kill", &n, "KILL"]));
     assert!(out.status.success(), "{}", text(&out.stderr));
     let out = child.wait_with_output().expect("wait for run");
@@ -431,7 +462,7 @@ fn sigkill_reports_137_and_a_dead_supervisor_is_not_running() {
     // The supervisor killed outright: the container dies with it and is
     // never shown as running.
     let n = name("orphan");
-    let mut child = start_background(&n, "while :; do sleep 1; done");
+    let mut child = start_background(&n, &[], "while :; do sleep 1; done");
     let _ = child.kill();
     let _ = child.wait();
     assert!(

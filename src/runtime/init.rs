@@ -237,6 +237,7 @@ fn setup_rootfs(cfg: &InitConfig) -> Result<(), ChildError> {
     }
 
     setup_dev(&rootfd, cfg.console.as_deref())?;
+    mask_kernel_files(&rootfd)?;
 
     for (src, name) in &cfg.etc_files {
         let rel = format!("etc/{name}");
@@ -288,6 +289,83 @@ fn setup_rootfs(cfg: &InitConfig) -> Result<(), ChildError> {
                 None,
             )?;
         }
+    }
+    Ok(())
+}
+
+/// Kernel files a default container may not read (hidden) or change
+/// (read-only): the same lists a default OCI spec carries.
+const MASKED: [&str; 10] = [
+    "proc/acpi",
+    "proc/asound",
+    "proc/kcore",
+    "proc/keys",
+    "proc/latency_stats",
+    "proc/timer_list",
+    "proc/timer_stats",
+    "proc/sched_debug",
+    "proc/scsi",
+    "sys/firmware",
+];
+const READ_ONLY: [&str; 5] = [
+    "proc/bus",
+    "proc/fs",
+    "proc/irq",
+    "proc/sys",
+    "proc/sysrq-trigger",
+];
+
+fn mask_kernel_files(rootfd: &OwnedFd) -> Result<(), ChildError> {
+    let nsx = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
+    for rel in MASKED {
+        // Absent on this kernel: nothing to hide.
+        let Ok(fd) = sys::path_in_root(rootfd, Path::new(rel)) else {
+            continue;
+        };
+        let step = format!("masking /{rel}");
+        let is_dir = std::fs::metadata(fd_path(&fd)).is_ok_and(|m| m.is_dir());
+        if is_dir {
+            mnt(
+                &step,
+                Some(Path::new("tmpfs")),
+                &fd_path(&fd),
+                Some("tmpfs"),
+                nsx | libc::MS_RDONLY,
+                Some("size=0"),
+            )?;
+        } else {
+            mnt(
+                &step,
+                Some(Path::new("/dev/null")),
+                &fd_path(&fd),
+                None,
+                libc::MS_BIND,
+                None,
+            )?;
+        }
+    }
+    for rel in READ_ONLY {
+        let Ok(fd) = sys::path_in_root(rootfd, Path::new(rel)) else {
+            continue;
+        };
+        let step = format!("making /{rel} read-only");
+        mnt(
+            &step,
+            Some(&fd_path(&fd)),
+            &fd_path(&fd),
+            None,
+            libc::MS_BIND | libc::MS_REC,
+            None,
+        )?;
+        let again = sys::path_in_root(rootfd, Path::new(rel)).map_err(|e| fail(&step, e))?;
+        mnt(
+            &step,
+            None,
+            &fd_path(&again),
+            None,
+            libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY | nsx,
+            None,
+        )?;
     }
     Ok(())
 }

@@ -80,6 +80,11 @@ pub fn open_in_root(root: &OwnedFd, rel: &Path) -> io::Result<std::fs::File> {
     openat2_in_root(root.as_raw_fd(), rel, libc::O_RDONLY).map(std::fs::File::from)
 }
 
+/// An `O_PATH` fd for an existing `rel` inside `root`.
+pub fn path_in_root(root: &OwnedFd, rel: &Path) -> io::Result<OwnedFd> {
+    openat2_in_root(root.as_raw_fd(), rel, libc::O_PATH)
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
     Dir,
