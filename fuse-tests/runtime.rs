@@ -438,6 +438,16 @@ fn exec_joins_the_namespaces_and_kill_delivers_signals() {
     let out = run(uc().args(["exec", &n, "--", "no-such-binary"]));
     assert_eq!(out.status.code(), Some(127), "{}", text(&out.stderr));
 
+    // A second run of the same name is refused and leaves the first alone.
+    let out = run_ct(&n, &["fixture", "--", "true"]);
+    assert_eq!(out.status.code(), Some(125));
+    assert!(
+        text(&out.stderr).contains("already running"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(state_of(&n).contains("running"), "{}", state_of(&n));
+
     let out = run(uc().args(["kill", &n, "TERM"]));
     assert!(out.status.success(), "{}", text(&out.stderr));
     let out = child.wait_with_output().expect("wait for run");
@@ -447,6 +457,22 @@ fn exec_joins_the_namespaces_and_kill_delivers_signals() {
     // Not running any more: exec and kill refuse.
     let out = run(uc().args(["kill", &n]));
     assert!(!out.status.success());
+}
+
+#[test]
+fn the_supervisor_forwards_signals() {
+    let n = name("fwd");
+    let child = start_background(
+        &n,
+        &[],
+        "trap 'echo got INT; exit 5' INT; while :; do sleep 0.1; done",
+    );
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).expect("signal the supervisor");
+    let out = child.wait_with_output().expect("wait for run");
+    assert_eq!(out.status.code(), Some(5), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("got INT"));
+    assert_clean(&n);
 }
 
 #[test]
@@ -516,6 +542,20 @@ fn failures_leave_nothing_behind() {
             "{args:?} left runtime state"
         );
     }
+}
+
+#[test]
+fn an_unprivileged_caller_is_told_rootless_is_not_supported() {
+    let n = name("nobody");
+    let ubin = bin("unionctl");
+    let u = ubin.to_string_lossy();
+    let out = as_nobody(&[
+        &u, "run", "--rm", "--name", &n, "--lower", "/", "--", "true",
+    ]);
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(125), "{err}");
+    assert!(err.contains("need root"), "{err}");
+    assert_clean(&n);
 }
 
 #[test]

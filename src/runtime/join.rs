@@ -48,6 +48,7 @@ pub struct ExecSpec {
 /// Runs a command in container `name`; returns its exit status
 /// (128+signal when killed).
 pub fn exec(name: &str, spec: &ExecSpec) -> Result<i32> {
+    super::supervise::require_root()?;
     let st = running(name)?;
     let ns_order = ["cgroup", "ipc", "uts", "net", "mnt"];
     let open_ns = |ns: &str| -> Result<OwnedFd> {

@@ -194,6 +194,18 @@ fn stdin_tty() -> Option<PathBuf> {
     std::fs::read_link("/proc/self/fd/0").ok()
 }
 
+/// Rootless runs (a user namespace mapped with newuidmap) are not built
+/// yet: say so before touching anything.
+pub(crate) fn require_root() -> Result<()> {
+    if nix::unistd::geteuid().is_root() {
+        return Ok(());
+    }
+    Err(RunError::Invalid(
+        "containers need root for now (rootless runs in a user namespace are not supported yet)"
+            .into(),
+    ))
+}
+
 /// Cleans up after a supervisor that died without tearing down (killed
 /// with SIGKILL, or the machine's OOM killer): its container died with it
 /// (PDEATHSIG), but its cgroup and rootfs mount may remain.
@@ -221,6 +233,7 @@ fn recover_stale(old: &ContainerState, store: Option<&Store>) -> Result<()> {
 /// Runs a container to completion.
 pub fn run(spec: RunSpec, store: Option<&Store>) -> Result<Outcome> {
     crate::store::check_container_name(&spec.name)?;
+    require_root()?;
     if let Ok(old) = state::load(&spec.name) {
         if old.live_status() != Status::Exited {
             return Err(RunError::Running(spec.name.clone()));
@@ -259,7 +272,6 @@ pub fn run(spec: RunSpec, store: Option<&Store>) -> Result<Outcome> {
         exit_code: None,
         oom_killed: false,
     };
-    st.save()?;
     let daemon_opts = DaemonOptions {
         foreground: false,
         pid_file: None,
@@ -316,6 +328,10 @@ pub fn run(spec: RunSpec, store: Option<&Store>) -> Result<Outcome> {
         }
     };
     st.rootfs = rootfs.clone();
+    // Recorded only now: a concurrent run of the same name fails at the
+    // mount above (the rootfs is busy) without touching the record of the
+    // one that got it.
+    st.save()?;
 
     // 2. What to run, resolved against the rootfs.
     let rootfd: OwnedFd = std::fs::File::open(&rootfs)
