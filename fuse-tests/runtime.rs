@@ -623,3 +623,96 @@ fn lower_dirs_and_volumes() {
     assert_clean(&n);
     assert!(!Path::new("/run/layerfs/containers").join(&n).exists());
 }
+
+/// The fixture's bottom layer (Debian minbase itself) as a bundle root.
+fn bottom_layer() -> PathBuf {
+    let images = run(uc().args(["images", "--json"]));
+    let v: serde_json::Value = serde_json::from_slice(&images.stdout).expect("images json");
+    let first = v
+        .as_array()
+        .and_then(|a| {
+            a.iter()
+                .find(|i| i["names"].to_string().contains("fixture"))
+        })
+        .and_then(|i| i["layers"][0].as_str().map(str::to_string))
+        .expect("fixture layers");
+    store()
+        .join("layers")
+        .join(first.trim_start_matches("sha256:"))
+        .join("diff")
+}
+
+#[test]
+fn an_oci_bundle_runs_with_its_config() {
+    let n = name("bundle");
+    let scratch = Scratch::new("rt-bundle");
+    let bundle = scratch.dir("b");
+    let shared = scratch.dir("shared");
+    std::fs::write(shared.join("f"), "from the host\n").expect("write");
+    let config = |extra_mount: serde_json::Value, extra_ns: serde_json::Value| {
+        serde_json::json!({
+            "ociVersion": "1.0.2",
+            "root": {"path": bottom_layer(), "readonly": false},
+            "hostname": "bundled",
+            "process": {
+                "cwd": "/tmp",
+                "user": {"uid": 0, "gid": 0},
+                "env": ["PATH=/usr/bin:/bin", "FROM_CONFIG=yes"],
+                "args": ["sh", "-c",
+                    "hostname; pwd; echo $FROM_CONFIG; cat /mnt/shared/f; \
+                     grep -c : /proc/net/dev; \
+                     i=0; while [ $i -lt 40 ]; do sleep 5 & i=$((i+1)); done", &n]
+            },
+            "mounts": [
+                {"destination": "/proc", "type": "proc", "source": "proc"},
+                {"destination": "/dev", "type": "tmpfs", "source": "tmpfs"},
+                {"destination": "/mnt/shared", "type": "bind", "source": shared,
+                 "options": ["rbind", "ro"]},
+                extra_mount
+            ],
+            "linux": {
+                "namespaces": [{"type": "pid"}, {"type": "mount"}, {"type": "network"}, extra_ns],
+                "resources": {"pids": {"limit": 20}, "memory": {"limit": 104857600}}
+            }
+        })
+    };
+    let write = |c: serde_json::Value| {
+        std::fs::write(bundle.join("config.json"), c.to_string()).expect("write config")
+    };
+    let b = bundle.to_string_lossy().into_owned();
+    let same_bind = serde_json::json!({"destination": "/mnt/shared", "type": "bind",
+        "source": shared, "options": ["rbind", "ro"]});
+    write(config(
+        same_bind.clone(),
+        serde_json::json!({"type": "uts"}),
+    ));
+    let out = run_ct(&n, &["--rm", "--bundle", &b]);
+    let s = text(&out.stdout);
+    let err = text(&out.stderr);
+    // The fork loop hits the bundle's pids limit.
+    assert!(!out.status.success(), "{s}");
+    assert!(err.contains("fork"), "{err}");
+    assert!(
+        s.starts_with("bundled\n/tmp\nyes\nfrom the host\n1\n"),
+        "{s}\n{err}"
+    );
+    assert_clean(&n);
+    // What it cannot honour is refused by name, before anything is made.
+    write(config(
+        serde_json::json!({"destination": "/run", "type": "tmpfs", "source": "tmpfs"}),
+        serde_json::json!({"type": "uts"}),
+    ));
+    let out = run_ct(&n, &["--rm", "--bundle", &b]);
+    assert_eq!(out.status.code(), Some(125));
+    assert!(text(&out.stderr).contains("tmpfs"), "{}", text(&out.stderr));
+    write(config(same_bind, serde_json::json!({"type": "user"})));
+    let out = run_ct(&n, &["--rm", "--bundle", &b]);
+    assert_eq!(out.status.code(), Some(125));
+    assert!(
+        text(&out.stderr).contains("user namespaces"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert_clean(&n);
+    assert!(!Path::new("/run/layerfs/containers").join(&n).exists());
+}

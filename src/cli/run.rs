@@ -4,8 +4,9 @@ use std::path::{Path, PathBuf};
 
 use clap::Args;
 
+use crate::runtime::bundle;
 use crate::runtime::join::{self, ExecSpec};
-use crate::runtime::spec::{self, Limits, RootfsSource, RunSpec};
+use crate::runtime::spec::{self, Limits, NetworkMode, RootfsSource, RunSpec};
 use crate::runtime::state::{self, Status};
 use crate::runtime::RunError;
 
@@ -42,15 +43,20 @@ pub struct RunArgs {
     /// UID[:GID] or NAME[:GROUP], resolved in the container's /etc/passwd.
     #[arg(long, short = 'u', value_name = "USER")]
     user: Option<String>,
-    /// none (a network namespace with only lo) or host.
-    #[arg(long, default_value = "none", value_name = "MODE")]
-    network: String,
+    /// none (a network namespace with only lo; the default) or host.
+    #[arg(long, value_name = "MODE")]
+    network: Option<String>,
     /// Bind mount SRC:DST[:ro]; repeatable.
     #[arg(long = "volume", short = 'v', value_name = "SRC:DST[:ro]")]
     volumes: Vec<String>,
     /// Run on these layer directories (top first) instead of an image.
     #[arg(long = "lower", short = 'l', value_name = "DIR")]
     lowers: Vec<PathBuf>,
+    /// Run an OCI runtime bundle: DIR/config.json's process, hostname,
+    /// namespaces, resources and bind mounts, on its root as the lower
+    /// layer. Options given here override the config.
+    #[arg(long, value_name = "DIR", conflicts_with = "lowers")]
+    bundle: Option<PathBuf>,
     /// IMAGE (unless --lower is given), then the command and its arguments
     /// (after --; default: the image's Entrypoint and Cmd).
     #[arg(
@@ -100,8 +106,11 @@ fn generated_name() -> String {
 }
 
 fn spec_of(a: RunArgs) -> Result<RunSpec, RunError> {
+    let bundle = a.bundle.as_deref().map(bundle::load).transpose()?;
     let mut args = a.args.into_iter().peekable();
-    let rootfs = if a.lowers.is_empty() {
+    let rootfs = if let Some(b) = &bundle {
+        RootfsSource::Lowers(vec![b.rootfs.clone()])
+    } else if a.lowers.is_empty() {
         let image = args.next().filter(|i| i != "--").ok_or_else(|| {
             RunError::Invalid("give an IMAGE, or layer directories with --lower".into())
         })?;
@@ -113,21 +122,25 @@ fn spec_of(a: RunArgs) -> Result<RunSpec, RunError> {
     if args.peek().is_some_and(|a| a == "--") {
         args.next();
     }
-    let limits = Limits {
-        memory_bytes: a.memory.as_deref().map(spec::parse_size).transpose()?,
-        cpu_quota_us: a.cpus.as_deref().map(spec::parse_cpus).transpose()?,
-        pids: a.pids.as_deref().map(spec::parse_pids).transpose()?,
-    };
-    Ok(RunSpec {
+    let mut spec = RunSpec {
         name: a.name.unwrap_or_else(generated_name),
         rootfs,
         remove: a.rm,
         hostname: a.hostname,
-        limits,
+        limits: Limits {
+            memory_bytes: a.memory.as_deref().map(spec::parse_size).transpose()?,
+            cpu_quota_us: a.cpus.as_deref().map(spec::parse_cpus).transpose()?,
+            pids: a.pids.as_deref().map(spec::parse_pids).transpose()?,
+        },
         env: a.env,
         workdir: a.workdir,
         user: a.user.as_deref().map(spec::parse_user).transpose()?,
-        network: spec::parse_network(&a.network)?,
+        network: a
+            .network
+            .as_deref()
+            .map(spec::parse_network)
+            .transpose()?
+            .unwrap_or(NetworkMode::None),
         volumes: a
             .volumes
             .iter()
@@ -135,7 +148,26 @@ fn spec_of(a: RunArgs) -> Result<RunSpec, RunError> {
             .collect::<Result<_, _>>()?,
         daemon_log: None,
         command: args.collect(),
-    })
+    };
+    if let Some(b) = bundle {
+        // The command line wins over the config, field by field.
+        if spec.command.is_empty() {
+            spec.command = b.command;
+        }
+        spec.env = b.env.into_iter().chain(spec.env).collect();
+        spec.workdir = spec.workdir.or(Some(b.cwd));
+        spec.user = spec.user.or(Some(b.user));
+        spec.hostname = spec.hostname.or(b.hostname);
+        if a.network.is_none() {
+            spec.network = b.network;
+        }
+        let l = &mut spec.limits;
+        l.memory_bytes = l.memory_bytes.or(b.limits.memory_bytes);
+        l.cpu_quota_us = l.cpu_quota_us.or(b.limits.cpu_quota_us);
+        l.pids = l.pids.or(b.limits.pids);
+        spec.volumes = b.volumes.into_iter().chain(spec.volumes).collect();
+    }
+    Ok(spec)
 }
 
 fn mib(n: u64) -> String {

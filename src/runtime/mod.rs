@@ -6,6 +6,7 @@
 //! drop privileges, exec; the supervisor forwards signals, waits, and tears
 //! everything down in reverse.
 //!
+//! - [`bundle`]: `--bundle DIR`, an OCI runtime bundle's config.json;
 //! - [`spec`]: what to run, and parsing of limits, volumes, users, signals;
 //! - [`image`]: defaults from an image's OCI config;
 //! - [`cgroup`]: per-container cgroups, v1 controllers or v2;
@@ -15,6 +16,7 @@
 //! - [`supervise`]: the `run` supervisor and its teardown;
 //! - [`join`]: `exec` and `kill` on a running container.
 
+pub mod bundle;
 pub mod caps;
 pub mod cgroup;
 pub mod image;
