@@ -893,6 +893,21 @@ fn concurrent_imports() {
             .expect("spawn")
     };
     let children: Vec<_> = (0..3).map(|i| spawn(&format!("multi{i}"))).collect();
+    // Meanwhile, readers: each opening of the store looks for abandoned
+    // staging dirs, and must never take a live import's for one.
+    let readers = {
+        let root = root.clone();
+        std::thread::spawn(move || {
+            for _ in 0..40 {
+                let out = uc(&root, &["images", "--json"]);
+                assert!(
+                    out.status.success(),
+                    "images during imports: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+        })
+    };
     let mut unpacked = 0;
     for c in children {
         let out = c.wait_with_output().expect("wait");
@@ -904,6 +919,7 @@ fn concurrent_imports() {
         let r: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
         unpacked += r["layers_unpacked"].as_u64().expect("count");
     }
+    readers.join().expect("the readers");
     assert!(unpacked >= 5, "someone unpacked the layers");
     let images = json(&root, &["images", "--json"]);
     assert_eq!(

@@ -218,7 +218,7 @@ impl Store {
                 name: name.to_string(),
             });
         }
-        let staging = self.staging("create")?;
+        let staging = self.staging_locked("create")?;
         let tmp = staging.path().join(name);
         for d in ["", "upper", "work", "merged"] {
             let p = tmp.join(d);

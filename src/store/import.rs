@@ -245,6 +245,15 @@ fn plan_oci(src: &Source) -> Result<Vec<ImagePlan>> {
     let index = json(src, "index.json", &src.read_member("index.json")?)?;
     let mut manifests = Vec::new();
     oci_manifests(src, &index, 0, &mut manifests)?;
+    // A bare tag (`latest`, as `skopeo copy … oci:DIR:latest` writes) names
+    // nothing on its own: qualify it with the layout's name.
+    for (_, names) in &mut manifests {
+        for n in names.iter_mut() {
+            if !n.contains(':') && !n.contains('/') {
+                *n = format!("{}:{n}", src.stem());
+            }
+        }
+    }
     let mut plans = Vec::new();
     for (desc, names) in manifests {
         let (bytes, mdigest) = read_descriptor(src, &desc, "manifest")?;

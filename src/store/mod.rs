@@ -173,8 +173,17 @@ impl Store {
         StoreLock::acquire(&self.root.join("store.lock"), true)
     }
 
-    /// A new staging dir in `tmp/`, locked for as long as it lives.
+    /// A new staging dir in `tmp/`, locked for as long as it lives. It is
+    /// made under a shared store lock: between its mkdir and its flock it
+    /// looks abandoned, and only a holder of the exclusive lock removes
+    /// abandoned ones.
     pub(crate) fn staging(&self, what: &str) -> Result<lock::Staging> {
+        let _l = self.lock_shared()?;
+        lock::Staging::create(&self.tmp_dir(), what)
+    }
+
+    /// [`Store::staging`] for a caller that holds the store lock already.
+    pub(crate) fn staging_locked(&self, what: &str) -> Result<lock::Staging> {
         lock::Staging::create(&self.tmp_dir(), what)
     }
 
@@ -204,7 +213,8 @@ impl Store {
     /// `tmp/`, then removes it: a crash half-way leaves a staging dir, not a
     /// half-removed layer or container.
     pub(crate) fn remove_dir_safely(&self, path: &Path) -> Result<()> {
-        let staging = self.staging("rm")?;
+        // Callers hold the exclusive lock.
+        let staging = self.staging_locked("rm")?;
         let target = staging.path().join("victim");
         std::fs::rename(path, &target).map_err(|e| io_err(path, e))?;
         meta::fsync_dir(path.parent().unwrap_or(&self.root))?;

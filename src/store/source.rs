@@ -94,6 +94,26 @@ impl Source {
         }
     }
 
+    /// The source's file or directory name without archive extensions:
+    /// `multi` for `/x/multi.oci.tar`.
+    pub fn stem(&self) -> String {
+        let path = match self {
+            Source::Dir(p) => p,
+            Source::Archive { path, .. } => path,
+        };
+        let mut name = path
+            .canonicalize()
+            .ok()
+            .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+            .unwrap_or_else(|| "image".to_string());
+        for ext in [".tar", ".oci", ".docker"] {
+            if let Some(s) = name.strip_suffix(ext) {
+                name = s.to_string();
+            }
+        }
+        name.to_ascii_lowercase()
+    }
+
     pub fn has(&self, name: &str) -> bool {
         let Ok(name) = clean_name(name) else {
             return false;
