@@ -211,11 +211,14 @@ static PODMAN: Mutex<()> = Mutex::new(());
 
 /// A private containers/storage (kernel overlay, rootful) under a scratch
 /// dir. c/image still writes its blob-info cache to /var/lib/containers
-/// (not configurable); it is removed again if it was not there before.
+/// and podman its network state to /run/containers (not configurable);
+/// they are removed again if they were not there before.
 struct Podman {
     dir: PathBuf,
     _serial: std::sync::MutexGuard<'static, ()>,
-    had_var_lib_containers: bool,
+    /// Machine dirs podman and c/image create (blob-info cache, network
+    /// state), removed at the end if they were not there before.
+    absent_before: Vec<&'static str>,
 }
 
 impl Podman {
@@ -258,7 +261,10 @@ impl Podman {
         )
         .expect("storage.conf");
         Podman {
-            had_var_lib_containers: Path::new("/var/lib/containers").exists(),
+            absent_before: ["/var/lib/containers", "/run/containers"]
+                .into_iter()
+                .filter(|p| !Path::new(p).exists())
+                .collect(),
             dir,
             _serial: serial,
         }
@@ -311,8 +317,8 @@ impl Drop for Podman {
         let _ = run(self.cmd("podman").args(["image", "unmount", "-a", "-f"]));
         let _ = run(self.cmd("podman").args(["rm", "-a", "-f"]));
         let _ = run(self.cmd("podman").args(["rmi", "-a", "-f"]));
-        if !self.had_var_lib_containers {
-            let _ = fs::remove_dir_all("/var/lib/containers");
+        for p in &self.absent_before {
+            let _ = fs::remove_dir_all(p);
         }
     }
 }
