@@ -243,6 +243,9 @@ pub fn run(spec: RunSpec, store: Option<&Store>) -> Result<Outcome> {
     let dir = state::dir_of(&spec.name);
     let fresh_state = !dir.exists();
     std::fs::create_dir_all(&dir).map_err(|e| io_err(&dir, e))?;
+    // state.json holds the container's environment (secrets, often).
+    std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))
+        .map_err(|e| io_err(&dir, e))?;
     let mut td = Teardown {
         name: spec.name.clone(),
         store,
