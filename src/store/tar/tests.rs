@@ -332,6 +332,33 @@ fn devices_only_when_allowed() {
         .is_fifo());
 }
 
+/// Rootless unpacking records owners in user.containers.override_stat, which
+/// the kernel refuses on fifos: the fifo is still made, with its mode.
+#[test]
+fn rootless_fifos_keep_their_mode_without_override_stat() {
+    let s = Scratch::new();
+    let opts = UnpackOptions {
+        whiteouts: WhiteoutForm::UserXattr,
+        allow_devices: false,
+        preserve_owners: false,
+        override_stat: true,
+    };
+    let tar = RawTar::new()
+        .entry(b"p", b'6', b"", b"", |h| {
+            h.set_mode(0o640);
+            h.set_uid(1000);
+        })
+        .file("f", b"x")
+        .finish();
+    s.unpack(&tar, &opts).unwrap();
+    let p = s.dest().join("p");
+    let m = fs::symlink_metadata(&p).unwrap();
+    assert!(m.file_type().is_fifo());
+    assert_eq!(m.mode() & 0o7777, 0o640);
+    assert_eq!(xattr(&p, "user.containers.override_stat"), None);
+    assert!(xattr(&s.dest().join("f"), "user.containers.override_stat").is_some());
+}
+
 // ---- truncation and garbage ----
 
 fn sample() -> Vec<u8> {

@@ -564,13 +564,17 @@ impl Unpacker<'_> {
             dir.chmod(name, self.real_perm(e))
                 .map_err(|err| io_err(path, "chmod", err))?;
         }
-        if self.opts.override_stat && !symlink {
+        // The kernel allows user.* xattrs only on regular files and
+        // directories: a rootless fifo or symlink keeps its mode but shows
+        // the unpacking user as its owner.
+        let user_xattrs_allowed = !symlink && matches!(e.kind, EntryKind::File | EntryKind::Dir);
+        if self.opts.override_stat && user_xattrs_allowed {
             let v = format!("{}:{}:0{:o}", e.uid, e.gid, e.perm);
             dir.set_xattr(name, OVERRIDE_STAT, v.as_bytes(), 0)
                 .map_err(|err| io_err(path, "set user.containers.override_stat", err))?;
         }
         for (attr, value) in &e.xattrs {
-            if skip_xattr(attr) || (symlink && attr.starts_with(b"user.")) {
+            if skip_xattr(attr) || (!user_xattrs_allowed && attr.starts_with(b"user.")) {
                 tracing::debug!(path, attr = %String::from_utf8_lossy(attr), "xattr not restored");
                 continue;
             }
