@@ -335,6 +335,14 @@ pub fn run(spec: RunSpec, store: Option<&Store>) -> Result<Outcome> {
     // mount above (the rootfs is busy) without touching the record of the
     // one that got it.
     st.save()?;
+    // From here a ^C or TERM waits (blocked) until the container runs and
+    // is then forwarded to it; if the start fails, the teardown runs
+    // instead. Blocked only after the mount: the daemon forks from us and
+    // must not inherit the mask.
+    let signals = supervised_signals();
+    let mut old_mask = SigSet::empty();
+    nix::sys::signal::sigprocmask(SigmaskHow::SIG_BLOCK, Some(&signals), Some(&mut old_mask))
+        .map_err(|e| setup_err("blocking signals", e))?;
 
     // 2. What to run, resolved against the rootfs.
     let rootfd: OwnedFd = std::fs::File::open(&rootfs)
@@ -408,10 +416,6 @@ pub fn run(spec: RunSpec, store: Option<&Store>) -> Result<Outcome> {
     let (go_rd, go_wr) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| setup_err("pipe", e))?;
     let (rep_rd, rep_wr) =
         nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| setup_err("pipe", e))?;
-    let signals = supervised_signals();
-    let mut old_mask = SigSet::empty();
-    nix::sys::signal::sigprocmask(SigmaskHow::SIG_BLOCK, Some(&signals), Some(&mut old_mask))
-        .map_err(|e| setup_err("blocking signals", e))?;
     let mut flags = CloneFlags::CLONE_NEWNS
         | CloneFlags::CLONE_NEWPID
         | CloneFlags::CLONE_NEWUTS
