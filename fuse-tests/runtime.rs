@@ -506,7 +506,13 @@ fn sigkill_reports_137_and_a_dead_supervisor_is_not_running() {
 #[test]
 fn failures_leave_nothing_behind() {
     let n = name("fail");
-    let cases: [(&[&str], i32, &str); 7] = [
+    let cases: [(&[&str], i32, &str); 8] = [
+        // Fails inside the container, after the mount and the cgroup exist.
+        (
+            &["--volume", "/tmp:/etc/passwd", "fixture", "--", "true"],
+            125,
+            "volume /tmp on /etc/passwd",
+        ),
         (&["fixture", "--", "/no/such/binary"], 127, "No such file"),
         (&["fixture", "--", "no-such-command"], 127, "not found"),
         (
