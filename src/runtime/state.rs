@@ -100,6 +100,12 @@ pub fn load(name: &str) -> Result<ContainerState> {
     serde_json::from_slice(&body).map_err(|e| io_err(&p, e))
 }
 
+/// Whether container `name` runs now, by its runtime record; None when it
+/// was never run. For listings such as the store's `ps`.
+pub fn live_status(name: &str) -> Option<Status> {
+    load(name).ok().map(|s| s.live_status())
+}
+
 /// Every recorded container, sorted by name.
 pub fn list() -> Result<Vec<ContainerState>> {
     let dir = containers_dir();
