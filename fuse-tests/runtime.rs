@@ -373,6 +373,21 @@ fn start_background(n: &str, extra: &[&str], script: &str) -> Child {
     child
 }
 
+/// Waits for a background run, killing it (and failing) rather than
+/// hanging the suite if it does not end.
+#[track_caller]
+fn finish(mut child: Child) -> Output {
+    let ended = wait_for(Duration::from_secs(30), || {
+        matches!(child.try_wait(), Ok(Some(_)))
+    });
+    if !ended {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("the container's supervisor did not exit within 30 s");
+    }
+    child.wait_with_output().expect("collect run's output")
+}
+
 #[test]
 fn exec_joins_the_namespaces_and_kill_delivers_signals() {
     let n = name("exec");
@@ -450,7 +465,7 @@ fn exec_joins_the_namespaces_and_kill_delivers_signals() {
 
     let out = run(uc().args(["kill", &n, "TERM"]));
     assert!(out.status.success(), "{}", text(&out.stderr));
-    let out = child.wait_with_output().expect("wait for run");
+    let out = finish(child);
     assert_eq!(out.status.code(), Some(42), "{}", text(&out.stderr));
     assert!(text(&out.stdout).contains("got TERM"));
     assert_clean(&n);
@@ -465,11 +480,16 @@ fn the_supervisor_forwards_signals() {
     let child = start_background(
         &n,
         &[],
-        "trap 'echo got INT; exit 5' INT; while :; do sleep 0.1; done",
+        "trap 'echo got INT; exit 5' INT; touch /ready; while :; do sleep 0.1; done",
     );
+    // Running is not enough: pid 1 drops a signal it has no handler for,
+    // so wait until the trap is set.
+    assert!(wait_for(Duration::from_secs(10), || merged(&n)
+        .join("ready")
+        .exists()));
     let pid = nix::unistd::Pid::from_raw(child.id() as i32);
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).expect("signal the supervisor");
-    let out = child.wait_with_output().expect("wait for run");
+    let out = finish(child);
     assert_eq!(out.status.code(), Some(5), "{}", text(&out.stderr));
     assert!(text(&out.stdout).contains("got INT"));
     assert_clean(&n);
@@ -481,7 +501,7 @@ fn sigkill_reports_137_and_a_dead_supervisor_is_not_running() {
     let child = start_background(&n, &[], "while :; do sleep 1; done");
     let out = run(uc().args(["kill", &n, "KILL"]));
     assert!(out.status.success(), "{}", text(&out.stderr));
-    let out = child.wait_with_output().expect("wait for run");
+    let out = finish(child);
     assert_eq!(out.status.code(), Some(137), "{}", text(&out.stderr));
     assert_clean(&n);
 
