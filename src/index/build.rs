@@ -121,16 +121,7 @@ pub fn build_layer(
     id: u64,
     progress: &mut dyn FnMut(u64),
 ) -> Result<u64> {
-    index.clear(LAYER, id)?;
-    index.put_meta(
-        LAYER,
-        id,
-        &LayerMeta {
-            version: VERSION,
-            complete: false,
-            entries: 0,
-        },
-    )?;
+    index.begin_build(LAYER, id)?;
     let mut batch = WriteBatch::default();
     let mut value = Vec::with_capacity(128);
     let mut n: u64 = 0;

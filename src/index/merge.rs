@@ -25,16 +25,7 @@ pub fn build_stack(
     root_layers: usize,
     progress: &mut dyn FnMut(u64),
 ) -> Result<u64> {
-    index.clear(STACK, stack)?;
-    index.put_meta(
-        STACK,
-        stack,
-        &LayerMeta {
-            version: VERSION,
-            complete: false,
-            entries: 0,
-        },
-    )?;
+    index.begin_build(STACK, stack)?;
     let mut batch = WriteBatch::default();
     let mut n: u64 = 0;
     let root: Vec<u16> = (0..root_layers.min(layers.len()) as u16).collect();

@@ -204,6 +204,21 @@ impl Index {
         self.db.write(batch).map_err(|e| db_error(&self.path, e))
     }
 
+    /// Starts (re)building one index: its old records go, and it is marked
+    /// incomplete until its builder writes the final meta record.
+    fn begin_build(&self, space: u8, id: u64) -> Result<()> {
+        self.clear(space, id)?;
+        self.put_meta(
+            space,
+            id,
+            &LayerMeta {
+                version: VERSION,
+                complete: false,
+                entries: 0,
+            },
+        )
+    }
+
     fn write(&self, batch: rocksdb::WriteBatch) -> Result<()> {
         self.db.write(batch).map_err(|e| db_error(&self.path, e))
     }
