@@ -7,7 +7,7 @@
 #                    fsx zeroes [0,flen) and never resizes, and we check [flen,EOF) still
 #                    holds the lower content afterwards. fsx has no mode that models
 #                    pre-existing data, so this is the closest to "starts from lower content".
-# Env: FSX_OPS (100000), FSX_KEEP_OPS (=FSX_OPS), FSX_SEED (random, printed), FSX_CONFIG,
+# Env: FSX_OPS (100000), FSX_KEEP_OPS (=FSX_OPS), FSX_SEED (fixed; "random" draws one, printed), FSX_CONFIG,
 #      FSX_ARTIFACTS (dir for fsx's .fsxlog/.fsxgood on failure; default: scratch, deleted),
 #      FSX_TIMEOUT (1800 s per run).
 set -euo pipefail
@@ -17,7 +17,13 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 suite_init fsx "${1:-}"
 OPS=${FSX_OPS:-100000}
 KEEP_OPS=${FSX_KEEP_OPS:-$OPS}
-SEED=${FSX_SEED:-$(od -An -N4 -tu4 /dev/urandom | tr -d ' ')}
+# A fixed seed by default, so CI is reproducible: fsx-rs 0.3.2 itself fails
+# some seeds on any filesystem (seed 1020998940 issues a zero-length
+# posix_fallocate at op 55397, gets EINVAL from the VFS and gives up, on
+# plain ext4 too). FSX_SEED=random explores; check a failing seed on a
+# plain directory before blaming the union.
+SEED=${FSX_SEED:-3367731486}
+[[ $SEED == random ]] && SEED=$(od -An -N4 -tu4 /dev/urandom | tr -d ' ')
 CONFIG=${FSX_CONFIG:-$SHARED_DIR/suites/fsx-full.toml}
 [[ -r $CONFIG ]] || die "fsx config $CONFIG not readable (set FSX_CONFIG)"
 need_tool fsx cmp
