@@ -5,9 +5,7 @@ use std::ffi::CStr;
 
 use rocksdb::WriteBatch;
 
-use super::record::{
-    self, Entry, LayerMeta, CUT_BELOW, HAS_XATTRS, LAYER, OPAQUE, VERSION, WHITEOUT,
-};
+use super::record::{self, Entry, CUT_BELOW, HAS_XATTRS, LAYER, OPAQUE, WHITEOUT};
 use super::{Index, IndexError, Result};
 use crate::layer::whiteout;
 use crate::layer::{Dir, Kind, Layer};
@@ -141,16 +139,7 @@ pub fn build_layer(
         }
         Ok(())
     })?;
-    index.write(batch)?;
-    index.put_meta(
-        LAYER,
-        id,
-        &LayerMeta {
-            version: VERSION,
-            complete: true,
-            entries: n,
-        },
-    )?;
+    index.finish_build(LAYER, id, batch, n)?;
     progress(n);
     Ok(n)
 }

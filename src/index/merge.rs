@@ -9,9 +9,7 @@ use std::collections::BTreeMap;
 
 use rocksdb::WriteBatch;
 
-use super::record::{
-    self, Entry, LayerMeta, Merged, CUT_BELOW, LAYER, OPAQUE, STACK, VERSION, WHITEOUT,
-};
+use super::record::{self, Entry, Merged, CUT_BELOW, LAYER, OPAQUE, STACK, WHITEOUT};
 use super::{Index, IndexError, Result};
 use crate::layer::Kind;
 
@@ -73,16 +71,7 @@ pub fn build_stack(
             }
         }
     }
-    index.write(batch)?;
-    index.put_meta(
-        STACK,
-        stack,
-        &LayerMeta {
-            version: VERSION,
-            complete: true,
-            entries: n,
-        },
-    )?;
+    index.finish_build(STACK, stack, batch, n)?;
     progress(n);
     Ok(n)
 }

@@ -219,6 +219,27 @@ impl Index {
         )
     }
 
+    /// Ends a build begun with [`Self::begin_build`]: its last batch, then
+    /// the meta record that marks it complete (never before the batch).
+    fn finish_build(
+        &self,
+        space: u8,
+        id: u64,
+        batch: rocksdb::WriteBatch,
+        entries: u64,
+    ) -> Result<()> {
+        self.write(batch)?;
+        self.put_meta(
+            space,
+            id,
+            &LayerMeta {
+                version: VERSION,
+                complete: true,
+                entries,
+            },
+        )
+    }
+
     fn write(&self, batch: rocksdb::WriteBatch) -> Result<()> {
         self.db.write(batch).map_err(|e| db_error(&self.path, e))
     }
