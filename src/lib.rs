@@ -16,5 +16,6 @@ pub mod index;
 pub mod layer;
 pub mod mount;
 pub mod runtime;
+pub mod snapshotter;
 pub mod store;
 pub mod union;

@@ -5,6 +5,7 @@
 pub mod compat;
 mod index;
 mod run;
+mod snapshotter;
 mod store;
 mod unionctl;
 

@@ -106,6 +106,9 @@ enum Cmd {
     Kill(super::run::KillArgs),
     /// Containers started by `run`: running or exited.
     State(super::run::StateArgs),
+    /// Serve containerd's snapshots API (a proxy snapshotter) on a unix
+    /// socket, with the snapshots in the store.
+    Snapshotter(super::snapshotter::SnapshotterArgs),
     /// Show what a mount's daemon serves and holds.
     Status {
         /// Print JSON.
@@ -305,6 +308,7 @@ pub fn main() -> i32 {
         Cmd::Exec(a) => return super::run::exec(a),
         Cmd::Kill(a) => return super::run::kill(a),
         Cmd::State(a) => return super::run::show_state(a),
+        Cmd::Snapshotter(a) => return super::snapshotter::run(root, a),
         Cmd::Image(c) => Some(S::Image(c)),
         Cmd::Store(c) => Some(S::Store(c)),
         Cmd::Images { json } => Some(S::Images { json }),
