@@ -5,6 +5,7 @@
 mod harness;
 
 mod cli;
+mod containerd;
 mod hardlinks;
 mod idmap;
 mod index;
