@@ -184,6 +184,7 @@ fn mount_container(root: Option<&std::path::Path>, a: MountArgs) -> Result<(), S
                 foreground: a.foreground,
                 pid_file: a.pid_file,
                 log_file: a.log_file,
+                unmount_when_gone: None,
             },
         )
         .map_err(|e| e.to_string())?;
@@ -268,6 +269,7 @@ fn mount_cmd(a: MountArgs) -> Result<(), mount::MountError> {
             foreground: a.foreground,
             pid_file: a.pid_file,
             log_file: a.log_file,
+            unmount_when_gone: None,
         },
     )?;
     if a.verbose {

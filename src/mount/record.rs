@@ -7,14 +7,17 @@
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
-/// Where daemons leave their records.
+/// Where daemons (and the runtime) leave their records: /run/layerfs for
+/// host root; otherwise `$XDG_RUNTIME_DIR/layerfs`, or `/tmp/layerfs-UID`
+/// named after the caller's host uid (also from inside the rootless
+/// runtime's user namespace, where we are uid 0).
 pub fn runtime_dir() -> PathBuf {
-    if nix::unistd::geteuid().is_root() {
+    if crate::userns::privileged() {
         return PathBuf::from("/run/layerfs");
     }
-    match std::env::var_os("XDG_RUNTIME_DIR") {
+    match std::env::var_os("XDG_RUNTIME_DIR").filter(|d| !d.is_empty()) {
         Some(d) => PathBuf::from(d).join("layerfs"),
-        None => PathBuf::from(format!("/tmp/layerfs-{}", nix::unistd::geteuid())),
+        None => PathBuf::from(format!("/tmp/layerfs-{}", crate::userns::host_euid())),
     }
 }
 
