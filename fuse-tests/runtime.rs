@@ -1016,7 +1016,10 @@ fn rootless_runs_debian_as_pid_1_as_the_callers_uid() {
             "sh",
             "-c",
             "cat /etc/os-release; echo pid=$$; id -u; id -g; hostname; cat /proc/self/uid_map; \
-         echo ---; cat /proc/self/gid_map; echo ---; grep ^CapEff /proc/self/status; exit 7",
+         echo ---; cat /proc/self/gid_map; echo ---; grep ^CapEff /proc/self/status; \
+         echo x > /sys/kernel/x 2>/dev/null || echo sys-ro; \
+         echo > /dev/null && head -c 4 /dev/urandom | wc -c; ls /dev; \
+         grep -E ' /(proc|sys|dev/pts|dev/shm|dev/mqueue) ' /proc/self/mounts | cut -d' ' -f2,3; exit 7",
             &n,
         ]));
     let (s, err) = (text(&out.stdout), text(&out.stderr));
@@ -1042,6 +1045,23 @@ fn rootless_runs_debian_as_pid_1_as_the_callers_uid() {
     );
     // Root of the container has a default container's capabilities there.
     assert!(s.contains("CapEff:\t00000000a80425fb"), "{s}");
+    // Read-only /sys; host device nodes bound in (mknod is not allowed in a
+    // user namespace) and working; the usual kernel filesystems.
+    assert!(s.contains("sys-ro\n4\n"), "{s}");
+    for dev in [
+        "null", "zero", "full", "random", "urandom", "tty", "ptmx", "pts", "shm", "mqueue",
+    ] {
+        assert!(s.lines().any(|l| l == dev), "/dev/{dev} missing: {s}");
+    }
+    for m in [
+        "/proc proc",
+        "/sys sysfs",
+        "/dev/pts devpts",
+        "/dev/shm tmpfs",
+        "/dev/mqueue mqueue",
+    ] {
+        assert!(s.lines().any(|l| l == m), "{m} is not mounted: {s}");
+    }
     assert_clean_rootless(&n);
     assert!(!rootless_state_dir(u, &n).exists());
     assert!(!rootless_store().join("containers").join(&n).exists());
