@@ -1260,6 +1260,42 @@ fn rootless_exec_joins_the_user_and_pid_namespaces_and_kill_signals() {
     assert!(!rootless_state_dir(u, &n).exists());
 }
 
+/// Failing rootless runs, before and after the mount, leave nothing.
+#[test]
+fn rootless_failures_leave_nothing_behind() {
+    let u = rootless_user();
+    let n = name("rl-fail");
+    let cases: [(&[&str], i32, &str); 4] = [
+        (
+            &["--volume", "/tmp:/etc/passwd", "fixture", "--", "true"],
+            125,
+            "volume /tmp on /etc/passwd",
+        ),
+        (&["fixture", "--", "no-such-command"], 127, "not found"),
+        (
+            &["--user", "nobody-here", "fixture", "--", "true"],
+            125,
+            "not in the container's /etc/passwd",
+        ),
+        (&["no-such-image", "--", "true"], 125, "does not exist"),
+    ];
+    for (args, code, want) in cases {
+        let out = run(ruc().args(["run", "--name", &n]).args(args));
+        let err = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(code), "{args:?}: {err}");
+        assert!(err.contains(want), "{args:?}: {err}");
+        assert_clean_rootless(&n);
+        assert!(
+            !rootless_store().join("containers").join(&n).exists(),
+            "{args:?} left a store container"
+        );
+        assert!(
+            !rootless_state_dir(u, &n).exists(),
+            "{args:?} left runtime state"
+        );
+    }
+}
+
 /// This host does not delegate cgroups to users (hybrid v1, root-owned):
 /// a limit asked for is refused (exit 125) with what was not applied,
 /// rather than silently ignored; nothing is left behind.

@@ -27,19 +27,18 @@ use std::path::{Path, PathBuf};
 
 use nix::sched::CloneFlags;
 use nix::unistd::{fork, ForkResult};
-use serde::{Deserialize, Serialize};
 
 use super::{setup_err, Result, RunError};
 
 /// A subordinate id range: `count` ids from `start`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct IdRange {
     pub start: u32,
     pub count: u32,
 }
 
 /// How the container's user namespace maps ids to the host's.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Mapping {
     pub user: String,
     pub host_uid: u32,
@@ -263,6 +262,21 @@ fn enter_mapped(m: &Mapping, flags: CloneFlags) -> Result<()> {
             Ok(())
         }
     }
+}
+
+/// Refuses a runtime dir (or one below it) that is not ours: under /tmp
+/// another user could have made it first, and state.json holds the
+/// container's environment.
+pub fn check_owned(dir: &Path) -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::symlink_metadata(dir).map_err(|e| super::io_err(dir, e))?;
+    if !m.is_dir() || m.uid() != nix::unistd::geteuid().as_raw() {
+        return Err(super::io_err(
+            dir,
+            "is not a directory of ours (another user made it?); remove it, or set XDG_RUNTIME_DIR",
+        ));
+    }
+    Ok(())
 }
 
 /// Whether the user namespace of `pid` differs from ours (then `exec`

@@ -289,6 +289,17 @@ pub fn run(spec: RunSpec, store: Option<&Store>) -> Result<Outcome> {
     let dir = state::dir_of(&spec.name);
     let fresh_state = !dir.exists();
     std::fs::create_dir_all(&dir).map_err(|e| io_err(&dir, e))?;
+    if rootless {
+        let containers = state::containers_dir();
+        for d in [containers.parent().unwrap_or(&containers), &containers] {
+            if let Err(e) = super::rootless::check_owned(d) {
+                if fresh_state {
+                    let _ = std::fs::remove_dir(&dir);
+                }
+                return Err(e);
+            }
+        }
+    }
     // state.json holds the container's environment (secrets, often).
     std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))
         .map_err(|e| io_err(&dir, e))?;
