@@ -229,6 +229,16 @@ fn stop_stale_daemon(rootfs: &Path) -> std::result::Result<(), String> {
     let Some(pid) = crate::mount::record::MountRecord::daemon_pid(rootfs) else {
         return Ok(());
     };
+    // Only the process that has that rootfs mounted: a record is a file,
+    // and a stale one may name a pid reused since.
+    let want = rootfs.to_string_lossy().replace(' ', "\\040");
+    let serves = std::fs::read_to_string(format!("/proc/{pid}/mountinfo"))
+        .unwrap_or_default()
+        .lines()
+        .any(|l| l.split_whitespace().nth(4) == Some(want.as_str()));
+    if !serves {
+        return Ok(());
+    }
     let pid = Pid::from_raw(pid);
     let start = Instant::now();
     while super::sys::start_time(pid.as_raw()).is_some() {
