@@ -1296,11 +1296,83 @@ fn rootless_failures_leave_nothing_behind() {
     }
 }
 
+/// Serialises the tests that change who may write the v1 cgroup dirs.
+static CGROUP_DELEGATION: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// The v1 controllers' `layerfs/` dirs handed to the test user (as an
+/// administrator delegating them would), and given back to root on drop.
+struct DelegatedCgroups(Vec<PathBuf>);
+
+impl DelegatedCgroups {
+    fn to(u: &RootlessUser) -> DelegatedCgroups {
+        let dirs: Vec<PathBuf> = ["memory", "cpu", "pids"]
+            .iter()
+            .map(|c| Path::new("/sys/fs/cgroup").join(c).join("layerfs"))
+            .collect();
+        let d = DelegatedCgroups(dirs);
+        for dir in &d.0 {
+            std::fs::create_dir_all(dir).unwrap_or_else(|e| panic!("{dir:?}: {e}"));
+            std::os::unix::fs::chown(dir, Some(u.uid), Some(u.gid))
+                .unwrap_or_else(|e| panic!("delegating {dir:?}: {e}"));
+        }
+        d
+    }
+}
+
+impl Drop for DelegatedCgroups {
+    fn drop(&mut self) {
+        for dir in &self.0 {
+            let _ = std::os::unix::fs::chown(dir, Some(0), Some(0));
+        }
+    }
+}
+
+/// Where the host delegates the v1 controllers to the user, a rootless
+/// run applies its limits: the OOM kill under --memory is reported, and
+/// the cgroup goes away afterwards.
+#[test]
+fn rootless_limits_apply_in_a_delegated_cgroup() {
+    let _l = CGROUP_DELEGATION
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    let u = rootless_user();
+    let n = name("rl-oom");
+    let delegated = DelegatedCgroups::to(u);
+    let out = run(ruc().args([
+        "run",
+        "--rm",
+        "--name",
+        &n,
+        "--memory",
+        "64M",
+        "--pids",
+        "50",
+        "--cpus",
+        "0.5",
+        "fixture",
+        "--",
+        "sh",
+        "-c",
+        "exec tail /dev/zero",
+        &n,
+    ]));
+    drop(delegated);
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(137), "{err}");
+    assert!(err.contains("killed by the OOM killer"), "{err}");
+    assert!(err.contains("64 MiB"), "{err}");
+    assert_clean_rootless(&n);
+    assert!(!rootless_state_dir(u, &n).exists());
+}
+
 /// This host does not delegate cgroups to users (hybrid v1, root-owned):
 /// a limit asked for is refused (exit 125) with what was not applied,
 /// rather than silently ignored; nothing is left behind.
 #[test]
 fn rootless_limits_without_a_delegated_cgroup_are_refused() {
+    let _l = CGROUP_DELEGATION
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
     let u = rootless_user();
     let n = name("rl-mem");
     let writable = run(Command::new("runuser").args([
