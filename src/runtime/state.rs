@@ -81,6 +81,19 @@ impl ContainerState {
         }
     }
 
+    /// The status as `ps` shows it: `running`, `created` (being set up),
+    /// `exited(N)`, or `oom` when the OOM killer ended it.
+    pub fn status_text(&self) -> String {
+        match (self.live_status(), self.exit_code) {
+            (Status::Running, _) => "running".into(),
+            (Status::Creating, _) => "created".into(),
+            (Status::Exited, _) if self.oom_killed => "oom".into(),
+            (Status::Exited, Some(c)) => format!("exited({c})"),
+            // The supervisor died before it could record an exit status.
+            (Status::Exited, None) => "exited".into(),
+        }
+    }
+
     pub fn save(&self) -> Result<()> {
         let dir = dir_of(&self.name);
         let tmp = dir.join("state.json.tmp");
@@ -103,21 +116,6 @@ pub fn load(name: &str) -> Result<ContainerState> {
         }
     })?;
     serde_json::from_slice(&body).map_err(|e| io_err(&p, e))
-}
-
-impl ContainerState {
-    /// The status as `ps` shows it: `running`, `created` (being set up),
-    /// `exited(N)`, or `oom` when the OOM killer ended it.
-    pub fn status_text(&self) -> String {
-        match (self.live_status(), self.exit_code) {
-            (Status::Running, _) => "running".into(),
-            (Status::Creating, _) => "created".into(),
-            (Status::Exited, _) if self.oom_killed => "oom".into(),
-            (Status::Exited, Some(c)) => format!("exited({c})"),
-            // The supervisor died before it could record an exit status.
-            (Status::Exited, None) => "exited".into(),
-        }
-    }
 }
 
 /// What `ps` shows as container `name`'s STATUS: its runtime record's
