@@ -274,9 +274,21 @@ fn open_dev_fuse() -> Result<OwnedFd, MountError> {
         .write(true)
         .open("/dev/fuse")
         .map_err(|e| {
-            MountError::Mount(format!(
-                "cannot open /dev/fuse: {e} (is the fuse module loaded, and is /dev/fuse accessible?)"
-            ))
+            MountError::Mount(
+                if e.kind() == std::io::ErrorKind::PermissionDenied
+                    && !crate::userns::privileged()
+                {
+                    format!(
+                        "cannot open /dev/fuse: {e}: an unprivileged (rootless) mount opens it as \
+                         uid {}; it must be usable by that user (e.g. mode 0666)",
+                        crate::userns::host_euid()
+                    )
+                } else {
+                    format!(
+                        "cannot open /dev/fuse: {e} (is the fuse module loaded, and is /dev/fuse accessible?)"
+                    )
+                },
+            )
         })?;
     Ok(OwnedFd::from(f))
 }
