@@ -1531,3 +1531,46 @@ fn rootless_without_a_subuid_range_maps_only_the_caller() {
         .exists());
     let _ = u;
 }
+
+/// An OCI bundle runs rootless too, its root (the rootless fixture's
+/// bottom layer) as the lower layer.
+#[test]
+fn rootless_an_oci_bundle_runs_with_its_config() {
+    let u = rootless_user();
+    let n = name("rl-bundle");
+    let images = run(ruc().args(["images", "--json"]));
+    let v: serde_json::Value = serde_json::from_slice(&images.stdout).expect("images json");
+    let bottom = v[0]["layers"][0]
+        .as_str()
+        .map(|d| {
+            rootless_store()
+                .join("layers")
+                .join(d.trim_start_matches("sha256:"))
+                .join("diff")
+        })
+        .expect("fixture layers");
+    let scratch = Scratch::new("rt-rl-bundle");
+    let bundle = scratch.dir("b");
+    let config = serde_json::json!({
+        "ociVersion": "1.0.2",
+        "root": {"path": bottom},
+        "hostname": "bundled",
+        "process": {
+            "cwd": "/tmp",
+            "user": {"uid": 0, "gid": 0},
+            "env": ["PATH=/usr/bin:/bin", "FROM_CONFIG=yes"],
+            "args": ["sh", "-c", "hostname; pwd; echo $FROM_CONFIG; id -u; grep -c : /proc/net/dev", &n]
+        },
+        "mounts": [{"destination": "/proc", "type": "proc", "source": "proc"}],
+        "linux": {"namespaces": [{"type": "pid"}, {"type": "mount"}, {"type": "network"}, {"type": "uts"}]}
+    });
+    std::fs::write(bundle.join("config.json"), config.to_string()).expect("write config");
+    std::os::unix::fs::chown(&scratch.root, Some(u.uid), Some(u.gid)).expect("chown");
+    let out = run(ruc()
+        .args(["run", "--rm", "--name", &n, "--bundle"])
+        .arg(&bundle));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "bundled\n/tmp\nyes\n0\n1\n");
+    assert_clean_rootless(&n);
+    assert!(!rootless_state_dir(u, &n).exists());
+}
