@@ -8,7 +8,8 @@
 //! - [`mount`]: mount configuration, option parsing, the daemon;
 //! - [`store`]: the layer store (layers, images, containers) and OCI import/export;
 //! - [`runtime`]: the minimal container runtime (`unionctl run`, `exec`);
-//! - [`cli`]: command lines of `unionctl` and `layerfs`.
+//! - [`cli`]: command lines of `unionctl` and `layerfs`;
+//! - [`userns`]: privileged (host root) or rootless, and the caller's host uid.
 
 pub mod cli;
 pub mod fuse;
@@ -19,3 +20,4 @@ pub mod runtime;
 pub mod snapshotter;
 pub mod store;
 pub mod union;
+pub mod userns;

@@ -177,8 +177,6 @@ fn mib(n: u64) -> String {
 /// `unionctl run`: returns the container's exit status.
 pub fn run(root: Option<&Path>, a: RunArgs) -> i32 {
     let result = spec_of(a).and_then(|spec| {
-        // Before the store is opened (and created) for an unprivileged user.
-        crate::runtime::supervise::require_root()?;
         let store = match &spec.rootfs {
             RootfsSource::Image(_) => Some(super::store::open(root).map_err(RunError::Invalid)?),
             RootfsSource::Lowers(_) => None,

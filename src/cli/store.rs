@@ -273,20 +273,36 @@ pub fn run(root: Option<&Path>, cmd: Cmd) -> Result<i32, String> {
         }
         Cmd::Ps { json } => {
             let cs = s.containers().map_err(e)?;
+            let statuses: Vec<String> = cs
+                .iter()
+                .map(|c| crate::runtime::state::status_text(&c.record.name))
+                .collect();
             if json {
-                return print_json(&cs).map(|()| 0);
+                let mut v = serde_json::to_value(&cs).map_err(|e| e.to_string())?;
+                if let Some(rows) = v.as_array_mut() {
+                    for (row, status) in rows.iter_mut().zip(&statuses) {
+                        if let Some(o) = row.as_object_mut() {
+                            o.insert("status".into(), status.clone().into());
+                        }
+                    }
+                }
+                return print_json(&v).map(|()| 0);
             }
-            println!("{:<20}{:<30}{:<22}MOUNTED AT", "NAME", "IMAGE", "CREATED");
-            for c in cs {
+            println!(
+                "{:<20}{:<30}{:<13}{:<22}MOUNTED AT",
+                "NAME", "IMAGE", "STATUS", "CREATED"
+            );
+            for (c, status) in cs.into_iter().zip(statuses) {
                 let image = c
                     .image_names
                     .first()
                     .cloned()
                     .unwrap_or_else(|| c.record.image.short().to_string());
                 println!(
-                    "{:<20}{:<30}{:<22}{}",
+                    "{:<20}{:<30}{:<13}{:<22}{}",
                     c.record.name,
                     image,
+                    status,
                     rfc3339(c.record.created),
                     c.mounted_at
                         .map(|p| p.display().to_string())

@@ -187,6 +187,7 @@ fn mount_container(root: Option<&std::path::Path>, a: MountArgs) -> Result<(), S
                 foreground: a.foreground,
                 pid_file: a.pid_file,
                 log_file: a.log_file,
+                unmount_when_gone: None,
             },
         )
         .map_err(|e| e.to_string())?;
@@ -271,6 +272,7 @@ fn mount_cmd(a: MountArgs) -> Result<(), mount::MountError> {
             foreground: a.foreground,
             pid_file: a.pid_file,
             log_file: a.log_file,
+            unmount_when_gone: None,
         },
     )?;
     if a.verbose {

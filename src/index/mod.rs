@@ -66,7 +66,7 @@ impl std::fmt::Debug for Index {
 /// Where the index lives by default: under the store root for root, in
 /// the XDG state directory otherwise.
 pub fn default_dir() -> PathBuf {
-    if nix::unistd::geteuid().is_root() {
+    if crate::userns::privileged() {
         return PathBuf::from("/var/lib/layerfs/index");
     }
     let state = std::env::var_os("XDG_STATE_HOME")

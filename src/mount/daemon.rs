@@ -33,6 +33,11 @@ pub struct DaemonOptions {
     pub pid_file: Option<PathBuf>,
     /// Where the daemon's log goes after it detaches (default: discarded).
     pub log_file: Option<PathBuf>,
+    /// Unmount (and so end) when this process exits. The rootless runtime
+    /// sets its supervisor here: the mount lives in the supervisor's mount
+    /// namespace, which nobody else can enter to unmount it should the
+    /// supervisor be killed.
+    pub unmount_when_gone: Option<i32>,
 }
 
 /// Mounts and serves `prepared`; in daemon mode returns in the parent once
@@ -140,6 +145,9 @@ pub fn serve(
     tracing::info!(mountpoint = %mountpoint.display(), "mounted");
     report(&mut ready, "ok\n");
     spawn_signal_handler(mountpoint.clone(), status);
+    if let Some(pid) = opts.unmount_when_gone {
+        spawn_owner_watch(pid, mountpoint.clone());
+    }
     let result = session
         .run()
         .map_err(|e| MountError::Mount(format!("FUSE session ended: {e}")));
@@ -266,9 +274,21 @@ fn open_dev_fuse() -> Result<OwnedFd, MountError> {
         .write(true)
         .open("/dev/fuse")
         .map_err(|e| {
-            MountError::Mount(format!(
-                "cannot open /dev/fuse: {e} (is the fuse module loaded, and is /dev/fuse accessible?)"
-            ))
+            MountError::Mount(
+                if e.kind() == std::io::ErrorKind::PermissionDenied
+                    && !crate::userns::privileged()
+                {
+                    format!(
+                        "cannot open /dev/fuse: {e}: an unprivileged (rootless) mount opens it as \
+                         uid {}; it must be usable by that user (e.g. mode 0666)",
+                        crate::userns::host_euid()
+                    )
+                } else {
+                    format!(
+                        "cannot open /dev/fuse: {e} (is the fuse module loaded, and is /dev/fuse accessible?)"
+                    )
+                },
+            )
         })?;
     Ok(OwnedFd::from(f))
 }
@@ -341,6 +361,42 @@ fn handled_signals() -> SigSet {
 
 fn block_signals() {
     let _ = handled_signals().thread_block();
+}
+
+/// Lazily unmounts `mountpoint` once process `pid` has exited (a pidfd
+/// becomes readable then), which ends the session.
+fn spawn_owner_watch(pid: i32, mountpoint: PathBuf) {
+    let spawned = std::thread::Builder::new()
+        .name("owner-watch".into())
+        .spawn(move || {
+            // SAFETY: pidfd_open with integer arguments.
+            let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+            if fd >= 0 {
+                let mut p = libc::pollfd {
+                    fd: fd as RawFd,
+                    events: libc::POLLIN,
+                    revents: 0,
+                };
+                loop {
+                    // SAFETY: one valid pollfd.
+                    let r = unsafe { libc::poll(&mut p, 1, -1) };
+                    if r > 0 || Errno::last() != Errno::EINTR {
+                        break;
+                    }
+                }
+                // SAFETY: closing the pidfd we opened.
+                unsafe { libc::close(fd as RawFd) };
+            }
+            tracing::info!(pid, "owner exited; unmounting");
+            let c = CString::new(mountpoint.as_os_str().as_bytes()).unwrap_or_default();
+            // SAFETY: valid C string.
+            unsafe {
+                libc::umount2(c.as_ptr(), libc::MNT_DETACH);
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::warn!(error = %e, "no owner watch thread; the mount may outlive its owner");
+    }
 }
 
 /// SIGUSR1 writes the status. SIGTERM, SIGINT or SIGHUP unmount (lazily,

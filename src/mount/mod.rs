@@ -269,20 +269,12 @@ fn check_upper(up: &Path, work: &Path) -> Result<(Layer, Dir), MountError> {
 /// without it (rootless, in a user namespace) overlay metadata goes to
 /// user.*, as kernel overlayfs does with `userxattr`.
 fn may_use_trusted_xattrs() -> bool {
-    nix::unistd::geteuid().is_root() && in_initial_user_ns()
+    crate::userns::privileged()
 }
 
-/// Whether we run in the initial user namespace (uid_map is the identity
-/// over the whole range).
+/// Whether we run in the initial user namespace.
 pub fn in_initial_user_ns() -> bool {
-    match std::fs::read_to_string("/proc/self/uid_map") {
-        Ok(map) => map
-            .split_whitespace()
-            .collect::<Vec<_>>()
-            .as_slice()
-            .starts_with(&["0", "0", "4294967295"]),
-        Err(_) => true,
-    }
+    crate::userns::in_initial_user_ns()
 }
 
 /// Takes the work directory for this mount: an exclusive lock (a second

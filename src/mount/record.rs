@@ -5,16 +5,20 @@
 //! exit, `status` to ask it (SIGUSR1) to write its status next to it.
 
 use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
-/// Where daemons leave their records.
+/// Where daemons (and the runtime) leave their records: /run/layerfs for
+/// host root; otherwise `$XDG_RUNTIME_DIR/layerfs`, or `/tmp/layerfs-UID`
+/// named after the caller's host uid (also from inside the rootless
+/// runtime's user namespace, where we are uid 0).
 pub fn runtime_dir() -> PathBuf {
-    if nix::unistd::geteuid().is_root() {
+    if crate::userns::privileged() {
         return PathBuf::from("/run/layerfs");
     }
-    match std::env::var_os("XDG_RUNTIME_DIR") {
+    match std::env::var_os("XDG_RUNTIME_DIR").filter(|d| !d.is_empty()) {
         Some(d) => PathBuf::from(d).join("layerfs"),
-        None => PathBuf::from(format!("/tmp/layerfs-{}", nix::unistd::geteuid())),
+        None => PathBuf::from(format!("/tmp/layerfs-{}", crate::userns::host_euid())),
     }
 }
 
@@ -38,9 +42,23 @@ impl MountRecord {
     pub fn create(mountpoint: &Path) -> Option<MountRecord> {
         let path = record_path(mountpoint);
         let dir = path.parent()?;
-        std::fs::create_dir_all(dir).ok()?;
+        // Explicit modes: the daemon runs with umask 0, and a record
+        // others could write would point `umount` (and the runtime's
+        // cleanup) at a process of their choosing.
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o755)
+            .create(dir)
+            .ok()?;
         let body = format!("{}\n{}\n", std::process::id(), mountpoint.display());
-        std::fs::write(&path, body).ok()?;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o644)
+            .open(&path)
+            .ok()?;
+        std::io::Write::write_all(&mut f, body.as_bytes()).ok()?;
         Some(MountRecord { path })
     }
 

@@ -1,5 +1,11 @@
 //! Per-container cgroups: `layerfs/<name>` under each controller.
 //!
+//! Rootless, the same v1 directories are used when the host made them
+//! writable for the user; on a unified hierarchy `layerfs/<name>` goes
+//! below the topmost cgroup above ours that belongs to the user (a
+//! delegated subtree). Whether that is possible is for the caller to turn
+//! into an error or not (see the runtime's rootless limits policy).
+//!
 //! Where the host has a unified hierarchy with the memory, cpu and pids
 //! controllers (at /sys/fs/cgroup, or populated at /sys/fs/cgroup/unified
 //! on a hybrid host) that is used; otherwise the v1 controllers are, one
@@ -63,6 +69,35 @@ fn unified_root() -> Option<PathBuf> {
     None
 }
 
+/// Our cgroup in the unified hierarchy (`0::/path` in /proc/self/cgroup).
+fn own_cgroup() -> Option<PathBuf> {
+    std::fs::read_to_string("/proc/self/cgroup")
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("0::"))
+        .map(|p| PathBuf::from(p.trim().trim_start_matches('/')))
+}
+
+/// Rootless on a unified hierarchy: the topmost cgroup at or above `own`
+/// (relative to `unified`) that belongs to `uid`, which is what a
+/// delegation (systemd's `Delegate=`, or an administrator's chown) hands a
+/// user. The containers' cgroups are made below it, in `layerfs/`.
+fn delegated_root(unified: &Path, own: &Path, uid: u32) -> Option<PathBuf> {
+    use std::os::unix::fs::MetadataExt;
+    let mut found = None;
+    let mut p = unified.join(own);
+    while p != unified && p.starts_with(unified) {
+        match std::fs::metadata(&p) {
+            Ok(m) if m.uid() == uid && m.is_dir() => found = Some(p.clone()),
+            _ => break,
+        }
+        if !p.pop() {
+            break;
+        }
+    }
+    found
+}
+
 fn write(dir: &Path, file: &str, value: &str) -> Result<()> {
     let p = dir.join(file);
     std::fs::write(&p, value).map_err(|e| {
@@ -119,16 +154,42 @@ impl Cgroup {
     }
 
     fn create_inner(&mut self, name: &str, limits: &Limits) -> Result<()> {
-        if let Some(root) = unified_root() {
+        if let Some(unified) = unified_root() {
             self.v2 = true;
+            let root = if crate::userns::privileged() {
+                unified
+            } else {
+                own_cgroup()
+                    .and_then(|own| delegated_root(&unified, &own, nix::unistd::geteuid().as_raw()))
+                    .ok_or_else(|| {
+                        setup_err(
+                            "cgroup",
+                            format!(
+                                "no cgroup above ours under {} belongs to us (none is delegated)",
+                                unified.display()
+                            ),
+                        )
+                    })?
+            };
             let parent = root.join(PARENT);
             if let Err(e) = std::fs::create_dir(&parent) {
                 if e.kind() != std::io::ErrorKind::AlreadyExists {
                     return Err(io_err(&parent, e));
                 }
             }
+            // Rootless, a delegation may not include every controller:
+            // enable only those the limits need.
+            let all = crate::userns::privileged();
+            let wanted: Vec<&str> = [
+                (all || limits.memory_bytes.is_some(), "+memory"),
+                (all || limits.cpu_quota_us.is_some(), "+cpu"),
+                (all || limits.pids.is_some(), "+pids"),
+            ]
+            .into_iter()
+            .filter_map(|(on, c)| on.then_some(c))
+            .collect();
             for d in [&root, &parent] {
-                write(d, "cgroup.subtree_control", "+memory +cpu +pids")?;
+                write(d, "cgroup.subtree_control", &wanted.join(" "))?;
             }
             let dir = parent.join(name);
             make_dir(&dir, name)?;
@@ -305,5 +366,28 @@ impl Cgroup {
         self.memory = None;
         self.pids = None;
         first_err.map_or(Ok(()), Err)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::MetadataExt;
+
+    #[test]
+    fn the_delegated_root_is_the_topmost_cgroup_of_ours() {
+        let t = tempfile::tempdir().expect("tempdir");
+        let own = Path::new("user.slice/user@1.service/app.slice/x.scope");
+        std::fs::create_dir_all(t.path().join(own)).expect("mkdir");
+        let uid = std::fs::metadata(t.path()).expect("stat").uid();
+        // All ours: the top of the tree below the hierarchy's root.
+        assert_eq!(
+            delegated_root(t.path(), own, uid),
+            Some(t.path().join("user.slice"))
+        );
+        // Owned by someone else: nothing is delegated.
+        assert_eq!(delegated_root(t.path(), own, uid.wrapping_add(1)), None);
+        // Our cgroup is the root: nothing to make cgroups in.
+        assert_eq!(delegated_root(t.path(), Path::new(""), uid), None);
     }
 }

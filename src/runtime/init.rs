@@ -42,6 +42,9 @@ pub struct Process {
     pub groups: Vec<u32>,
     pub caps_mask: u64,
     pub last_cap: u32,
+    /// False in a user namespace that denies setgroups (a rootless one
+    /// mapping only the caller's ids): the groups stay as they are.
+    pub set_groups: bool,
 }
 
 impl Process {
@@ -79,6 +82,7 @@ impl Process {
             groups: ids.groups.clone(),
             caps_mask: caps::default_mask(),
             last_cap: caps::last_cap(),
+            set_groups: true,
         })
     }
 }
@@ -231,7 +235,11 @@ fn setup_rootfs(cfg: &InitConfig) -> Result<(), ChildError> {
             None,
             &fd_path(&again),
             None,
-            libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY | nsx,
+            libc::MS_BIND
+                | libc::MS_REMOUNT
+                | libc::MS_RDONLY
+                | nsx
+                | sys::locked_flags(&fd_path(&again)),
             None,
         )?;
     }
@@ -285,7 +293,10 @@ fn setup_rootfs(cfg: &InitConfig) -> Result<(), ChildError> {
                 None,
                 &fd_path(&fd),
                 None,
-                libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY,
+                libc::MS_BIND
+                    | libc::MS_REMOUNT
+                    | libc::MS_RDONLY
+                    | sys::locked_flags(&fd_path(&fd)),
                 None,
             )?;
         }
@@ -363,7 +374,11 @@ fn mask_kernel_files(rootfd: &OwnedFd) -> Result<(), ChildError> {
             None,
             &fd_path(&again),
             None,
-            libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY | nsx,
+            libc::MS_BIND
+                | libc::MS_REMOUNT
+                | libc::MS_RDONLY
+                | nsx
+                | sys::locked_flags(&fd_path(&again)),
             None,
         )?;
     }
@@ -431,14 +446,31 @@ fn setup_dev(rootfd: &OwnedFd, console: Option<&Path>) -> Result<(), ChildError>
         Ok(())
     };
     mkdir("pts", 0o755)?;
-    mnt(
-        "mounting /dev/pts",
-        Some(Path::new("devpts")),
-        &devp.join("pts"),
+    let pts_flags = libc::MS_NOSUID | libc::MS_NOEXEC;
+    let pts_opts = "newinstance,ptmxmode=0666,mode=0620";
+    let pts = devp.join("pts");
+    let devpts = Some(Path::new("devpts"));
+    // gid 5 (tty) is unmapped in a rootless container without a subgid
+    // range: the kernel refuses it, so the terminals keep group 0 there.
+    if let Err(e) = sys::mount(
+        devpts,
+        &pts,
         Some("devpts"),
-        libc::MS_NOSUID | libc::MS_NOEXEC,
-        Some("newinstance,ptmxmode=0666,mode=0620,gid=5"),
-    )?;
+        pts_flags,
+        Some(&format!("{pts_opts},gid=5")),
+    ) {
+        if e.raw_os_error() != Some(libc::EINVAL) {
+            return Err(fail("mounting /dev/pts", e));
+        }
+        mnt(
+            "mounting /dev/pts",
+            devpts,
+            &pts,
+            Some("devpts"),
+            pts_flags,
+            Some(pts_opts),
+        )?;
+    }
     mkdir("shm", 0o1777)?;
     mnt(
         "mounting /dev/shm",
@@ -523,22 +555,16 @@ fn enter_cwd(cwd: &Path) -> Result<(), ChildError> {
 pub fn exec(p: &Process) -> Result<Never, ChildError> {
     caps::restrict(p.caps_mask, p.last_cap).map_err(|e| fail("dropping capabilities", e))?;
     // SAFETY: setgroups with a valid slice.
-    if unsafe { libc::setgroups(p.groups.len(), p.groups.as_ptr()) } != 0 {
+    if p.set_groups && unsafe { libc::setgroups(p.groups.len(), p.groups.as_ptr()) } != 0 {
         return Err(fail("setgroups", io::Error::last_os_error()));
     }
     // SAFETY: integer arguments.
     if unsafe { libc::setresgid(p.gid, p.gid, p.gid) } != 0 {
-        return Err(fail(
-            &format!("setgid {}", p.gid),
-            io::Error::last_os_error(),
-        ));
+        return Err(fail(&format!("setgid {}", p.gid), id_error()));
     }
     // SAFETY: integer arguments.
     if unsafe { libc::setresuid(p.uid, p.uid, p.uid) } != 0 {
-        return Err(fail(
-            &format!("setuid {}", p.uid),
-            io::Error::last_os_error(),
-        ));
+        return Err(fail(&format!("setuid {}", p.uid), id_error()));
     }
     caps::set_no_new_privs().map_err(|e| fail("no_new_privs", e))?;
     reset_signals();
@@ -590,6 +616,17 @@ pub fn exec(p: &Process) -> Result<Never, ChildError> {
         libc::ENOENT => ChildError(CODE_NOT_FOUND, format!("exec {cmd:?}: {err}")),
         _ => ChildError(CODE_NOT_EXECUTABLE, format!("exec {cmd:?}: {err}")),
     })
+}
+
+/// The errno of a failed setresuid/setresgid; EINVAL means the id is not
+/// mapped in our user namespace, which needs saying.
+fn id_error() -> String {
+    let e = io::Error::last_os_error();
+    if e.raw_os_error() == Some(libc::EINVAL) {
+        format!("{e} (the id is not mapped in the container's user namespace: rootless without a subordinate id range maps only root)")
+    } else {
+        e.to_string()
+    }
 }
 
 fn reset_signals() {

@@ -1,10 +1,13 @@
 //! `exec` and `kill` on a running container.
 //!
 //! `exec` enters the container the way its own processes live: the
-//! supervisor joins only the pid namespace (which affects its children,
-//! not itself) and forks; the child moves itself into the container's
-//! cgroup, joins the cgroup, ipc, uts, net and mount namespaces, and execs
-//! with the container's environment, user and capabilities.
+//! supervisor joins the container's user namespace when it has its own (a
+//! rootless container: every other namespace belongs to it, so joining it
+//! first is what makes joining them permitted), then only the pid
+//! namespace (which affects its children, not itself) and forks; the child
+//! moves itself into the container's cgroup, joins the cgroup, ipc, uts,
+//! net and mount namespaces, and execs with the container's environment,
+//! user and capabilities.
 
 use std::fs::File;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
@@ -48,7 +51,6 @@ pub struct ExecSpec {
 /// Runs a command in container `name`; returns its exit status
 /// (128+signal when killed).
 pub fn exec(name: &str, spec: &ExecSpec) -> Result<i32> {
-    super::supervise::require_root()?;
     let st = running(name)?;
     let ns_order = ["cgroup", "ipc", "uts", "net", "mnt"];
     let open_ns = |ns: &str| -> Result<OwnedFd> {
@@ -56,6 +58,16 @@ pub fn exec(name: &str, spec: &ExecSpec) -> Result<i32> {
         File::open(&p)
             .map(OwnedFd::from)
             .map_err(|e| io_err(std::path::Path::new(&p), e))
+    };
+    let userns = match super::rootless::other_user_ns(st.pid) {
+        Ok(true) => Some(open_ns("user")?),
+        Ok(false) => None,
+        Err(e) => {
+            return Err(io_err(
+                std::path::Path::new(&format!("/proc/{}/ns/user", st.pid)),
+                e,
+            ))
+        }
     };
     let pidns = open_ns("pid")?;
     let others = ns_order
@@ -96,10 +108,24 @@ pub fn exec(name: &str, spec: &ExecSpec) -> Result<i32> {
         home: String::new(),
     };
     let cwd = spec.workdir.clone().unwrap_or_else(|| st.cwd.clone());
-    let process =
+    let mut process =
         Process::new(&command, &env, &cwd, &ids).map_err(|e| RunError::Invalid(e.to_string()))?;
+    process.set_groups = !super::rootless::setgroups_denied(st.pid);
     let cgroup = Cgroup::from_dirs(st.cgroup_v2, st.cgroups.clone());
 
+    if let Some(fd) = &userns {
+        setns(fd.as_fd(), CloneFlags::CLONE_NEWUSER).map_err(|e| {
+            setup_err(
+                "joining the container's user namespace",
+                match e {
+                    nix::errno::Errno::EPERM => {
+                        format!("{e}: only the user who ran the container may exec in it")
+                    }
+                    e => e.to_string(),
+                },
+            )
+        })?;
+    }
     setns(pidns.as_fd(), CloneFlags::CLONE_NEWPID)
         .map_err(|e| setup_err("joining the container's pid namespace", e))?;
     let (rep_rd, rep_wr) =

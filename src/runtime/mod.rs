@@ -14,7 +14,18 @@
 //! - [`caps`]: capability bounding/dropping and no_new_privs;
 //! - [`state`]: runtime records (`<runtime dir>/containers/NAME/state.json`);
 //! - [`supervise`]: the `run` supervisor and its teardown;
-//! - [`join`]: `exec` and `kill` on a running container.
+//! - [`join`]: `exec` and `kill` on a running container;
+//! - [`rootless`]: an unprivileged caller's user namespace and id maps.
+//!
+//! Rootless (any caller but host root): the supervisor first enters a user
+//! namespace of its own (container root = the caller, 1..N = the caller's
+//! subuid/subgid range via newuidmap/newgidmap, or only the caller's ids
+//! with a warning when it has no range) and a mount namespace it owns; the
+//! union is mounted there, owners kept in `user.containers.override_stat`.
+//! Records live under `$XDG_RUNTIME_DIR/layerfs`. Limits need a cgroup
+//! the host delegates to the user: asked for without one, `run` fails
+//! (exit 125) rather than run unlimited; not asked for, no cgroup is made.
+//! `exec` joins the container's user namespace first, then the others.
 
 pub mod bundle;
 pub mod caps;
@@ -22,6 +33,7 @@ pub mod cgroup;
 pub mod image;
 mod init;
 pub mod join;
+pub mod rootless;
 pub mod spec;
 pub mod state;
 pub mod supervise;

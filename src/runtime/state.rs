@@ -1,5 +1,6 @@
 //! Runtime records: `<runtime dir>/containers/<name>/` (the runtime dir is
-//! /run/layerfs as root) holds
+//! /run/layerfs as root; rootless, `$XDG_RUNTIME_DIR/layerfs`, or
+//! `/tmp/layerfs-UID` when that is unset) holds
 //!
 //! ```text
 //! state.json     what `exec`, `kill` and `state` need (see ContainerState)
@@ -56,6 +57,10 @@ pub struct ContainerState {
     pub started: u64,
     pub exit_code: Option<i32>,
     pub oom_killed: bool,
+    /// Run by an unprivileged user in its own user namespace; the rootfs
+    /// was mounted in the supervisor's mount namespace only.
+    #[serde(default)]
+    pub rootless: bool,
 }
 
 impl ContainerState {
@@ -73,6 +78,19 @@ impl ContainerState {
             Status::Running if !self.is_running() => Status::Exited,
             Status::Creating if sys::start_time(self.supervisor).is_none() => Status::Exited,
             s => s,
+        }
+    }
+
+    /// The status as `ps` shows it: `running`, `created` (being set up),
+    /// `exited(N)`, or `oom` when the OOM killer ended it.
+    pub fn status_text(&self) -> String {
+        match (self.live_status(), self.exit_code) {
+            (Status::Running, _) => "running".into(),
+            (Status::Creating, _) => "created".into(),
+            (Status::Exited, _) if self.oom_killed => "oom".into(),
+            (Status::Exited, Some(c)) => format!("exited({c})"),
+            // The supervisor died before it could record an exit status.
+            (Status::Exited, None) => "exited".into(),
         }
     }
 
@@ -98,6 +116,15 @@ pub fn load(name: &str) -> Result<ContainerState> {
         }
     })?;
     serde_json::from_slice(&body).map_err(|e| io_err(&p, e))
+}
+
+/// What `ps` shows as container `name`'s STATUS: its runtime record's
+/// (see [`ContainerState::status_text`]), or `created` for a container
+/// never run.
+pub fn status_text(name: &str) -> String {
+    load(name)
+        .map(|s| s.status_text())
+        .unwrap_or_else(|_| "created".into())
 }
 
 /// Whether container `name` runs now, by its runtime record; None when it

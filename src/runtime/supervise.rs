@@ -194,23 +194,17 @@ fn stdin_tty() -> Option<PathBuf> {
     std::fs::read_link("/proc/self/fd/0").ok()
 }
 
-/// Rootless runs (a user namespace mapped with newuidmap) are not built
-/// yet: say so before touching anything.
-pub(crate) fn require_root() -> Result<()> {
-    if nix::unistd::geteuid().is_root() {
-        return Ok(());
-    }
-    Err(RunError::Invalid(
-        "containers need root for now (rootless runs in a user namespace are not supported yet)"
-            .into(),
-    ))
-}
-
 /// Cleans up after a supervisor that died without tearing down (killed
 /// with SIGKILL, or the machine's OOM killer): its container died with it
 /// (PDEATHSIG), but its cgroup and rootfs mount may remain.
 fn recover_stale(old: &ContainerState, store: Option<&Store>) -> Result<()> {
     let step = |e: String| setup_err(format!("cleaning up after the last run of {}", old.name), e);
+    if old.rootless {
+        // The mount lived in the dead supervisor's mount namespace; its
+        // daemon unmounts itself when the supervisor is gone. Should it
+        // still run, it is asked to (SIGTERM unmounts).
+        stop_stale_daemon(&old.rootfs).map_err(step)?;
+    }
     if !old.cgroups.is_empty() {
         Cgroup::from_dirs(old.cgroup_v2, old.cgroups.clone())
             .remove(Duration::from_secs(5))
@@ -230,19 +224,92 @@ fn recover_stale(old: &ContainerState, store: Option<&Store>) -> Result<()> {
     .map_err(step)
 }
 
-/// Runs a container to completion.
+/// Stops the daemon still serving a rootless container's old rootfs.
+fn stop_stale_daemon(rootfs: &Path) -> std::result::Result<(), String> {
+    let Some(pid) = crate::mount::record::MountRecord::daemon_pid(rootfs) else {
+        return Ok(());
+    };
+    // Only the process that has that rootfs mounted: a record is a file,
+    // and a stale one may name a pid reused since.
+    let want = rootfs.to_string_lossy().replace(' ', "\\040");
+    let serves = std::fs::read_to_string(format!("/proc/{pid}/mountinfo"))
+        .unwrap_or_default()
+        .lines()
+        .any(|l| l.split_whitespace().nth(4) == Some(want.as_str()));
+    if !serves {
+        return Ok(());
+    }
+    let pid = Pid::from_raw(pid);
+    let start = Instant::now();
+    while super::sys::start_time(pid.as_raw()).is_some() {
+        if start.elapsed() > Duration::from_secs(5) {
+            return Err(format!(
+                "the mount daemon (pid {pid}) of {} does not exit",
+                rootfs.display()
+            ));
+        }
+        let _ = nix::sys::signal::kill(pid, Signal::SIGTERM);
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(())
+}
+
+/// The error for limits a rootless run cannot apply: no cgroup is
+/// delegated to the caller.
+fn rootless_limits_error(limits: &super::Limits, host_uid: u32, e: RunError) -> RunError {
+    let asked: Vec<&str> = [
+        (limits.memory_bytes.is_some(), "--memory"),
+        (limits.cpu_quota_us.is_some(), "--cpus"),
+        (limits.pids.is_some(), "--pids"),
+    ]
+    .into_iter()
+    .filter_map(|(on, name)| on.then_some(name))
+    .collect();
+    setup_err(
+        format!("rootless: cannot apply {}", asked.join(", ")),
+        format!(
+            "this host does not delegate a cgroup to uid {host_uid} ({e}); run without these \
+             limits, or delegate writable cgroups to the user (a cgroup v2 subtree, or the v1 \
+             memory, cpu and pids controllers' layerfs/ directories)"
+        ),
+    )
+}
+
+/// Runs a container to completion. As host root it runs rootful; as anyone
+/// else rootless (see [`super::rootless`]): the supervisor enters its own
+/// user namespace before it mounts anything.
 pub fn run(spec: RunSpec, store: Option<&Store>) -> Result<Outcome> {
     crate::store::check_container_name(&spec.name)?;
-    require_root()?;
+    let rootless = !crate::userns::privileged();
+    let mapping = if rootless {
+        Some(super::rootless::Mapping::for_caller()?)
+    } else {
+        None
+    };
     if let Ok(old) = state::load(&spec.name) {
         if old.live_status() != Status::Exited {
             return Err(RunError::Running(spec.name.clone()));
         }
         recover_stale(&old, store)?;
     }
+    if let Some(m) = &mapping {
+        // First, before anything exists that a failure would have to undo.
+        super::rootless::enter(m)?;
+    }
     let dir = state::dir_of(&spec.name);
     let fresh_state = !dir.exists();
     std::fs::create_dir_all(&dir).map_err(|e| io_err(&dir, e))?;
+    if rootless {
+        let containers = state::containers_dir();
+        for d in [containers.parent().unwrap_or(&containers), &containers] {
+            if let Err(e) = super::rootless::check_owned(d) {
+                if fresh_state {
+                    let _ = std::fs::remove_dir(&dir);
+                }
+                return Err(e);
+            }
+        }
+    }
     // state.json holds the container's environment (secrets, often).
     std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))
         .map_err(|e| io_err(&dir, e))?;
@@ -274,6 +341,7 @@ pub fn run(spec: RunSpec, store: Option<&Store>) -> Result<Outcome> {
         started: state::now_secs(),
         exit_code: None,
         oom_killed: false,
+        rootless,
     };
     let daemon_opts = DaemonOptions {
         foreground: false,
@@ -283,6 +351,7 @@ pub fn run(spec: RunSpec, store: Option<&Store>) -> Result<Outcome> {
                 .clone()
                 .unwrap_or_else(|| dir.join("daemon.log")),
         ),
+        unmount_when_gone: rootless.then_some(std::process::id() as i32),
     };
 
     // 1. The rootfs.
@@ -388,8 +457,9 @@ pub fn run(spec: RunSpec, store: Option<&Store>) -> Result<Outcome> {
             "working directory {cwd:?} must be absolute"
         )));
     }
-    let process =
+    let mut process =
         Process::new(&argv, &env, &cwd, &ids).map_err(|e| RunError::Invalid(e.to_string()))?;
+    process.set_groups = mapping.as_ref().is_none_or(|m| m.full());
     let etc_files = state::write_etc(&dir, &hostname)?;
     st.command = argv.clone();
     st.env = env;
@@ -398,11 +468,24 @@ pub fn run(spec: RunSpec, store: Option<&Store>) -> Result<Outcome> {
     st.gid = ids.gid;
     st.groups = ids.groups.clone();
 
-    // 3. The cgroup.
-    let cg = Cgroup::create(&spec.name, &spec.limits)?;
-    st.cgroup_v2 = cg.v2;
-    st.cgroups = cg.dirs.clone();
-    td.cgroup = Some(cg.clone());
+    // 3. The cgroup. Rootless, only for limits asked for (and an error if
+    // the host delegates none); without limits no cgroup is needed.
+    let cg = match &mapping {
+        Some(_) if spec.limits == super::Limits::default() => {
+            tracing::debug!(container = %spec.name, "rootless: no limits asked for, no cgroup");
+            None
+        }
+        Some(m) => Some(
+            Cgroup::create(&spec.name, &spec.limits)
+                .map_err(|e| rootless_limits_error(&spec.limits, m.host_uid, e))?,
+        ),
+        None => Some(Cgroup::create(&spec.name, &spec.limits)?),
+    };
+    if let Some(cg) = &cg {
+        st.cgroup_v2 = cg.v2;
+        st.cgroups = cg.dirs.clone();
+        td.cgroup = Some(cg.clone());
+    }
 
     // 4. The child, in new namespaces.
     let cfg = InitConfig {
@@ -447,13 +530,18 @@ pub fn run(spec: RunSpec, store: Option<&Store>) -> Result<Outcome> {
         setup_err(
             "creating the container's namespaces (clone)",
             match e {
+                nix::errno::Errno::EPERM if rootless => {
+                    format!("{e}: not permitted in the rootless user namespace")
+                }
                 nix::errno::Errno::EPERM => format!("{e}: not permitted (run as root)"),
                 e => e.to_string(),
             },
         )
     })?;
     td.child = Some(child);
-    cg.add(child.as_raw())?;
+    if let Some(cg) = &cg {
+        cg.add(child.as_raw())?;
+    }
     let mut go = std::fs::File::from(go_wr);
     std::io::Write::write_all(&mut go, b"g").map_err(|e| setup_err("starting the container", e))?;
     drop(go);
@@ -473,7 +561,7 @@ pub fn run(spec: RunSpec, store: Option<&Store>) -> Result<Outcome> {
     let waited = wait_forwarding(child, &signals);
     td.child = None;
     let (code, signal) = waited?;
-    let oom_killed = cg.oom_kills() > 0;
+    let oom_killed = cg.as_ref().is_some_and(|cg| cg.oom_kills() > 0);
     let _ = nix::sys::signal::sigprocmask(SigmaskHow::SIG_SETMASK, Some(&old_mask), None);
     st.status = Status::Exited;
     st.exit_code = Some(code);

@@ -167,3 +167,29 @@ pub fn start_time(pid: i32) -> Option<u64> {
     // After the state come fields 4..; start time is field 22.
     f.nth(22 - 4)?.parse().ok()
 }
+
+/// The flags of the mount holding `p` that a user namespace may not
+/// clear (nosuid, nodev, noexec and the atime mode), as mount(2) flags: a
+/// bind remount (read-only, say) must repeat them or fail with EPERM
+/// when the mount came from a more privileged namespace.
+pub fn locked_flags(p: &Path) -> libc::c_ulong {
+    let Ok(c) = cstr(p) else { return 0 };
+    let mut st = std::mem::MaybeUninit::<libc::statvfs>::zeroed();
+    // SAFETY: valid path and out pointer.
+    if unsafe { libc::statvfs(c.as_ptr(), st.as_mut_ptr()) } != 0 {
+        return 0;
+    }
+    // SAFETY: statvfs succeeded.
+    let f = unsafe { st.assume_init() }.f_flag;
+    [
+        (libc::ST_NOSUID, libc::MS_NOSUID),
+        (libc::ST_NODEV, libc::MS_NODEV),
+        (libc::ST_NOEXEC, libc::MS_NOEXEC),
+        (libc::ST_NOATIME, libc::MS_NOATIME),
+        (libc::ST_NODIRATIME, libc::MS_NODIRATIME),
+        (libc::ST_RELATIME, libc::MS_RELATIME),
+    ]
+    .into_iter()
+    .filter(|(st, _)| f & *st != 0)
+    .fold(0, |acc, (_, ms)| acc | ms)
+}

@@ -302,7 +302,16 @@ impl Store {
         options.upper = Some(dir.join("upper"));
         options.work = Some(dir.join("work"));
         if options.index_dir.is_none() {
-            options.index_dir = Some(self.index_dir());
+            // The index records owners as the namespace that built it sees
+            // them: a daemon in a user namespace (the rootless runtime's,
+            // where the caller is uid 0) keeps an index of its own, built
+            // there, rather than serve the caller's host uid from the
+            // import's.
+            options.index_dir = Some(if crate::userns::in_initial_user_ns() {
+                self.index_dir()
+            } else {
+                self.root.join("index-userns")
+            });
         }
         if self.rootless && options.xattr_permissions == 0 {
             // Layers were unpacked with owners in the override xattr.

@@ -95,14 +95,14 @@ pub struct Store {
 
 /// Where the store lives unless `--root` says otherwise.
 pub fn default_root() -> PathBuf {
-    if nix::unistd::geteuid().is_root() {
+    if crate::userns::privileged() {
         return PathBuf::from("/var/lib/layerfs");
     }
     let data = std::env::var_os("XDG_DATA_HOME")
         .filter(|d| !d.is_empty())
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share")))
-        .unwrap_or_else(|| PathBuf::from(format!("/tmp/layerfs-{}", nix::unistd::geteuid())));
+        .unwrap_or_else(|| PathBuf::from(format!("/tmp/layerfs-{}", crate::userns::host_euid())));
     data.join("layerfs")
 }
 
@@ -124,7 +124,9 @@ impl Store {
         }
         let store = Store {
             root,
-            rootless: !nix::unistd::geteuid().is_root(),
+            // Root in a user namespace can neither chown to arbitrary ids
+            // nor write trusted.* xattrs: rootless too.
+            rootless: !crate::userns::privileged(),
         };
         store.remove_stale_staging()?;
         Ok(store)
