@@ -302,6 +302,11 @@ impl Mounted {
         );
     }
 
+    /// For a test that unmounted by itself: nothing is left to undo.
+    pub fn unmounted_elsewhere(&mut self) {
+        self.live = false;
+    }
+
     /// The daemon's pid (layerfs mounts only).
     pub fn daemon_pid(&self) -> Option<i32> {
         daemon_pid_for(&self.mnt)

@@ -277,6 +277,37 @@ pub fn in_initial_user_ns() -> bool {
     crate::userns::in_initial_user_ns()
 }
 
+/// How long a mount waits for the daemon of an earlier mount of the same
+/// upper layer to exit. umount(2) returns once the kernel has detached the
+/// mount, while its daemon is still shutting down; an engine that unmounts
+/// and mounts again at once (containerd does, around reading a rootfs's
+/// /etc/group) must not be refused for that.
+const WORKDIR_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+fn lock_workdir(fd: &OwnedFd, path: &Path) -> Result<(), MountError> {
+    let start = std::time::Instant::now();
+    loop {
+        // SAFETY: flock on a valid fd.
+        if unsafe { libc::flock(fd.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+            return Ok(());
+        }
+        let e = io::Error::last_os_error();
+        let reason = match e.raw_os_error() {
+            Some(libc::EINTR) => continue,
+            Some(libc::EWOULDBLOCK) if start.elapsed() < WORKDIR_WAIT => {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+                continue;
+            }
+            Some(libc::EWOULDBLOCK) => format!(
+                "is in use by another mount (still, after {} s)",
+                WORKDIR_WAIT.as_secs()
+            ),
+            _ => format!("cannot be locked: {e}"),
+        };
+        return Err(MountError::path("work directory", path, reason));
+    }
+}
+
 /// Takes the work directory for this mount: an exclusive lock (a second
 /// daemon on the same upper layer is refused), an empty `work/`
 /// subdirectory, the scratch space of copy-ups, and `layerfs-index/`, the
@@ -287,19 +318,7 @@ pub fn claim_workdir(work: &Dir, path: &Path) -> Result<(OwnedFd, Dir, Dir), Mou
         .try_clone()
         .map_err(|e| MountError::path("work directory", path, e))?;
     let fd: OwnedFd = lock.into_fd();
-    // SAFETY: flock on a valid fd.
-    if unsafe { libc::flock(fd.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-        let e = io::Error::last_os_error();
-        return Err(MountError::path(
-            "work directory",
-            path,
-            if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
-                "is in use by another mount".to_string()
-            } else {
-                format!("cannot be locked: {e}")
-            },
-        ));
-    }
+    lock_workdir(&fd, path)?;
     let scratch = c"work";
     match work.stat(scratch) {
         Ok(Some(st)) if st.is_dir() => {
