@@ -23,8 +23,9 @@
 //! with a warning when it has no range) and a mount namespace it owns; the
 //! union is mounted there, owners kept in `user.containers.override_stat`.
 //! Records live under `$XDG_RUNTIME_DIR/layerfs`. Limits need a cgroup
-//! the host delegates to the user: asked for without one, `run` fails
-//! (exit 125) rather than run unlimited; not asked for, no cgroup is made.
+//! the host delegates to the user: asked for without one, `run` warns,
+//! naming the limits not applied, and runs without them; not asked for, no
+//! cgroup is made.
 //! `exec` joins the container's user namespace first, then the others.
 
 pub mod bundle;

@@ -254,9 +254,9 @@ fn stop_stale_daemon(rootfs: &Path) -> std::result::Result<(), String> {
     Ok(())
 }
 
-/// The error for limits a rootless run cannot apply: no cgroup is
-/// delegated to the caller.
-fn rootless_limits_error(limits: &super::Limits, host_uid: u32, e: RunError) -> RunError {
+/// Warns that a rootless run goes without the limits it asked for: no
+/// cgroup is delegated to the caller.
+fn warn_limits_not_applied(limits: &super::Limits, host_uid: u32, e: &RunError) {
     let asked: Vec<&str> = [
         (limits.memory_bytes.is_some(), "--memory"),
         (limits.cpu_quota_us.is_some(), "--cpus"),
@@ -265,14 +265,12 @@ fn rootless_limits_error(limits: &super::Limits, host_uid: u32, e: RunError) -> 
     .into_iter()
     .filter_map(|(on, name)| on.then_some(name))
     .collect();
-    setup_err(
-        format!("rootless: cannot apply {}", asked.join(", ")),
-        format!(
-            "this host does not delegate a cgroup to uid {host_uid} ({e}); run without these \
-             limits, or delegate writable cgroups to the user (a cgroup v2 subtree, or the v1 \
-             memory, cpu and pids controllers' layerfs/ directories)"
-        ),
-    )
+    tracing::warn!(
+        "rootless: {} NOT applied, the container runs without them: this host does not \
+         delegate a cgroup to uid {host_uid} ({e}); delegate writable cgroups to the user (a \
+         cgroup v2 subtree, or the v1 memory, cpu and pids controllers' layerfs/ directories)",
+        asked.join(", ")
+    );
 }
 
 /// Runs a container to completion. As host root it runs rootful; as anyone
@@ -468,17 +466,21 @@ pub fn run(spec: RunSpec, store: Option<&Store>) -> Result<Outcome> {
     st.gid = ids.gid;
     st.groups = ids.groups.clone();
 
-    // 3. The cgroup. Rootless, only for limits asked for (and an error if
-    // the host delegates none); without limits no cgroup is needed.
+    // 3. The cgroup. Rootless, only for limits asked for, and where the
+    // host delegates none, a warning naming what is not applied (as podman
+    // does); without limits no cgroup is needed.
     let cg = match &mapping {
         Some(_) if spec.limits == super::Limits::default() => {
             tracing::debug!(container = %spec.name, "rootless: no limits asked for, no cgroup");
             None
         }
-        Some(m) => Some(
-            Cgroup::create(&spec.name, &spec.limits)
-                .map_err(|e| rootless_limits_error(&spec.limits, m.host_uid, e))?,
-        ),
+        Some(m) => match Cgroup::create(&spec.name, &spec.limits) {
+            Ok(cg) => Some(cg),
+            Err(e) => {
+                warn_limits_not_applied(&spec.limits, m.host_uid, &e);
+                None
+            }
+        },
         None => Some(Cgroup::create(&spec.name, &spec.limits)?),
     };
     if let Some(cg) = &cg {
