@@ -118,7 +118,7 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
             .arg("--address")
             .arg(&sock)
             .env("PATH", path_env())
-            .env("LAYERFS_LOG", "info")
+            .env("LAYERFS_LOG", "info,layerfs=debug")
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -210,6 +210,28 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
             text(&o.stdout)
         );
         text(&o.stderr)
+    }
+
+    /// Waits until containerd reaches the snapshotter again (Usage is one
+    /// of the calls its metadata layer passes on).
+    fn wait_reconnected(&self, committed: &str) {
+        let args = ["snapshots", "--snapshotter", "layerfs", "usage", committed];
+        assert!(
+            wait_for(Duration::from_secs(30), || self
+                .ctr_try(&args)
+                .status
+                .success()),
+            "containerd never reached the restarted snapshotter: {}",
+            self.log("containerd.log")
+        );
+    }
+
+    /// Runs containerd's garbage collection now (it removes the snapshots
+    /// nothing references from the snapshotter).
+    fn collect_garbage(&self) {
+        let id = self.ctr(&["leases", "create"]);
+        let id = id.split_whitespace().next().expect("lease id").to_string();
+        self.ctr(&["leases", "rm", "--sync", &id]);
     }
 
     fn ls(&self) -> String {
@@ -434,9 +456,18 @@ fn containerd_runs_images_on_layerfs_snapshots() {
     let pid = daemon_pid_for(&view).expect("the view's daemon");
     // SAFETY: killing the daemon this test started.
     unsafe { libc::kill(pid, libc::SIGKILL) };
-    assert!(wait_for(Duration::from_secs(10), || process_gone(pid)));
+    // Its threads outlive the group leader's zombie for a moment: wait for
+    // the connection itself to be gone.
+    assert!(wait_for(Duration::from_secs(10), || process_gone(pid)
+        && matches!(
+            nix::sys::statfs::statfs(&view),
+            Err(nix::errno::Errno::ENOTCONN)
+        )));
     Containerd::stop(&mut c.snapshotter);
     c.start_snapshotter();
+    // containerd redials a proxy plugin after a backoff; calls fail fast
+    // until then (its garbage collection too, which retries next time).
+    c.wait_reconnected(&top);
     assert!(
         !is_mountpoint(&view),
         "the dead union is still mounted: {:?}\n{}",
@@ -446,7 +477,9 @@ fn containerd_runs_images_on_layerfs_snapshots() {
     mount_view();
     assert!(is_mountpoint(&view));
 
-    // containerd's error kinds come back as such.
+    // Errors reach the user as containerd's kinds. containerd's metadata
+    // layer answers these before asking the snapshotter; the snapshotter's
+    // own codes are tested in src/snapshotter.
     let e = c.ctr_fails(&[
         "snapshots",
         "--snapshotter",
@@ -479,7 +512,7 @@ fn containerd_runs_images_on_layerfs_snapshots() {
 
     // Removing a snapshot whose union is still mounted unmounts it.
     // containerd removes the key at once and the snapshotter's snapshot in
-    // its garbage collection, shortly after.
+    // its next garbage collection, which deleting a lease with --sync runs.
     c.ctr(&["snapshots", "--snapshotter", "layerfs", "rm", "t-view"]);
     c.ctr(&[
         "snapshots",
@@ -489,10 +522,13 @@ fn containerd_runs_images_on_layerfs_snapshots() {
         "t-write-committed",
     ]);
     let _ = c.ctr_try(&["containers", "rm", "t-write"]);
+    c.collect_garbage();
     assert!(
         wait_for(Duration::from_secs(20), || c.mounts().is_empty()),
-        "after snapshots rm, still mounted: {:?}",
-        c.mounts()
+        "after snapshots rm, still mounted: {:?}\n{}\n--- containerd:\n{}",
+        c.mounts(),
+        c.log("snapshotter.log"),
+        c.log("containerd.log")
     );
 
     // Concurrent requests: prepares and removes on one parent at once.

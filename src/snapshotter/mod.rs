@@ -284,3 +284,67 @@ fn bind(address: &Path) -> Result<tokio::net::UnixListener, ServeError> {
         .map_err(|e| err(format!("cannot restrict its mode: {e}")))?;
     Ok(listener)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use containerd_snapshots::tonic::Code;
+
+    /// The codes containerd's proxy client turns back into its own error
+    /// kinds (errdefs.FromGRPC), through the trait as containerd calls it.
+    fn code<T>(r: Result<T, Status>) -> Option<Code> {
+        r.err().map(|s| s.code())
+    }
+
+    #[test]
+    fn calls_fail_with_the_codes_containerd_understands() {
+        let t = tempfile::tempdir().expect("tempdir");
+        let svc = Service::new(Snapshots::open(t.path()).expect("open"));
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("runtime");
+        rt.block_on(async {
+            let none = HashMap::new;
+            svc.prepare("a".into(), String::new(), none())
+                .await
+                .expect("prepare");
+            assert_eq!(
+                code(svc.prepare("a".into(), String::new(), none()).await),
+                Some(Code::AlreadyExists)
+            );
+            assert_eq!(
+                code(svc.view("v".into(), "gone".into(), none()).await),
+                Some(Code::NotFound)
+            );
+            assert_eq!(code(svc.stat("gone".into()).await), Some(Code::NotFound));
+            assert_eq!(
+                code(svc.prepare("b".into(), "a".into(), none()).await),
+                Some(Code::InvalidArgument)
+            );
+            svc.commit("base".into(), "a".into(), none())
+                .await
+                .expect("commit");
+            svc.prepare("c".into(), "base".into(), none())
+                .await
+                .expect("prepare");
+            assert_eq!(
+                code(svc.remove("base".into()).await),
+                Some(Code::FailedPrecondition)
+            );
+            assert_eq!(
+                code(svc.mounts("base".into()).await),
+                Some(Code::FailedPrecondition)
+            );
+            assert_eq!(
+                code(
+                    svc.list(String::new(), vec!["name~=(".into()])
+                        .await
+                        .map(|_| ())
+                ),
+                Some(Code::InvalidArgument)
+            );
+            let info = svc.stat("c".into()).await.expect("stat");
+            assert_eq!((info.kind, info.parent.as_str()), (Kind::Active, "base"));
+        });
+    }
+}
