@@ -449,14 +449,22 @@ impl Filesystem for UnionFs {
             Ok(dir) => {
                 let fh = self.fh();
                 self.dirs.insert(fh, Arc::new(dir));
-                // The kernel may keep listings across opens. It notes the
-                // directory's change counter (iversion, bumped on every
-                // create, unlink and rename it sends us) before it asks for
-                // offset 0, and the union takes its listing when that
-                // request arrives, never earlier: a change the listing
-                // misses completes after the note, so the kernel throws the
-                // cached listing away at the next open.
-                let flags = FopenFlags::FOPEN_CACHE_DIR | FopenFlags::FOPEN_KEEP_CACHE;
+                // A read-only union never changes: the kernel may keep
+                // listings across opens. A writable one may not: the
+                // kernel fills its kept listing page by page, and a reader
+                // that opens the directory while that fill is under way
+                // continues it with READDIR at the fill's offset on its own
+                // handle. Offsets here are positions in one listing
+                // snapshot, so that reader would get a later snapshot's tail
+                // spliced onto an earlier head, and an entry nobody touched
+                // could be skipped (semantics::stress found it). Kept
+                // listings on writable unions need offsets that mean the
+                // same in every snapshot (name-hash cookies).
+                let flags = if self.union.is_read_only() {
+                    FopenFlags::FOPEN_CACHE_DIR | FopenFlags::FOPEN_KEEP_CACHE
+                } else {
+                    FopenFlags::empty()
+                };
                 reply.opened(FileHandle(fh), flags);
             }
             Err(e) => reply.error(errno(e)),
