@@ -450,16 +450,14 @@ impl Filesystem for UnionFs {
                 let fh = self.fh();
                 self.dirs.insert(fh, Arc::new(dir));
                 // A read-only union never changes: the kernel may keep
-                // listings across opens. A writable one may not: the
-                // kernel fills its kept listing page by page, and a reader
-                // that opens the directory while that fill is under way
-                // continues it with READDIR at the fill's offset on its own
-                // handle. Offsets here are positions in one listing
-                // snapshot, so that reader would get a later snapshot's tail
-                // spliced onto an earlier head, and an entry nobody touched
-                // could be skipped (semantics::stress found it). Kept
-                // listings on writable unions need offsets that mean the
-                // same in every snapshot (name-hash cookies).
+                // listings across opens. A writable one may not, yet: with
+                // kept listings, semantics::stress (8 threads renaming,
+                // creating and unlinking in one directory while listing it)
+                // saw 0 or 2 names of a file its thread had renamed before
+                // listing, in 4 of 6 runs; without them, 0 in 14. Not
+                // explained. Offsets that mean the same in every listing
+                // (name-hash cookies), so that a kept listing continued on
+                // another handle splices cleanly, did not help (7 of 8).
                 let flags = if self.union.is_read_only() {
                     FopenFlags::FOPEN_CACHE_DIR | FopenFlags::FOPEN_KEEP_CACHE
                 } else {
