@@ -15,20 +15,12 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 
 use crate::harness::{
-    bin, daemon_pid_for, is_mountpoint, process_gone, run, snapshot, wait_for, Scratch, View,
+    bin, daemon_pid_for, fixture, is_mountpoint, process_gone, run, snapshot, wait_for, Scratch,
+    View,
 };
 
 const IMAGE: &str = "docker.io/library/fixture:latest";
 const NS: &str = "layerfs-test";
-
-fn fixture() -> PathBuf {
-    let shared = std::env::var_os("LAYERFS_SHARED")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared"));
-    let p = shared.join("fixtures/oci-multilayer");
-    assert!(p.join("index.json").exists(), "fixture missing at {p:?}");
-    p
-}
 
 fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()

@@ -20,21 +20,6 @@ use std::time::Duration;
 
 use crate::harness::*;
 
-/// The fixture: 5 gzip layers built by podman (see its README). Read
-/// only: tests copy it before changing anything.
-fn fixture() -> PathBuf {
-    let p = std::env::var_os("LAYERFS_OCI_FIXTURE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures/oci-multilayer")
-        });
-    assert!(
-        p.join("index.json").is_file(),
-        "the OCI fixture is missing at {p:?} (set LAYERFS_OCI_FIXTURE)"
-    );
-    p
-}
-
 /// What the fixture's files are, to prove the tests never write into it.
 fn fixture_fingerprint() -> Vec<(String, u64, i64)> {
     let mut out = Vec::new();

@@ -23,6 +23,22 @@ pub use layers::{
 };
 pub use tree::{assert_same, snapshot, Snapshot, View};
 
+/// The OCI fixture in `../shared` (5 gzip layers built by podman; see its
+/// README), or `LAYERFS_OCI_FIXTURE`. Read only: tests copy it before
+/// changing anything.
+pub fn fixture() -> PathBuf {
+    let p = std::env::var_os("LAYERFS_OCI_FIXTURE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures/oci-multilayer")
+        });
+    assert!(
+        p.join("index.json").is_file(),
+        "the OCI fixture is missing at {p:?} (set LAYERFS_OCI_FIXTURE)"
+    );
+    p
+}
+
 /// Path of a binary built by this package.
 pub fn bin(name: &str) -> PathBuf {
     match name {

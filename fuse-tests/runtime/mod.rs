@@ -27,19 +27,6 @@ use std::time::Duration;
 
 use crate::harness::*;
 
-fn fixture() -> PathBuf {
-    let p = std::env::var_os("LAYERFS_OCI_FIXTURE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures/oci-multilayer")
-        });
-    assert!(
-        p.join("index.json").is_file(),
-        "the OCI fixture is missing at {p:?} (set LAYERFS_OCI_FIXTURE)"
-    );
-    p
-}
-
 /// Imports the fixture as image `fixture` into the store at `root` with
 /// `unionctl` (as `uc` makes it, given the store), unless it is there
 /// already; `prepare` runs on the emptied store dir before the import.
