@@ -10,6 +10,7 @@ pub mod indexing;
 pub mod options;
 pub mod record;
 mod status;
+pub mod table;
 mod umount;
 
 use std::ffi::CString;

@@ -210,7 +210,7 @@ fn recover_stale(old: &ContainerState, store: Option<&Store>) -> Result<()> {
             .remove(Duration::from_secs(5))
             .map_err(|e| step(e.to_string()))?;
     }
-    if old.rootfs.as_os_str().is_empty() || !is_mounted(&old.rootfs) {
+    if old.rootfs.as_os_str().is_empty() || !crate::mount::table::is_mounted(&old.rootfs) {
         return Ok(());
     }
     match (old.image.is_some(), store) {
@@ -231,11 +231,9 @@ fn stop_stale_daemon(rootfs: &Path) -> std::result::Result<(), String> {
     };
     // Only the process that has that rootfs mounted: a record is a file,
     // and a stale one may name a pid reused since.
-    let want = rootfs.to_string_lossy().replace(' ', "\\040");
-    let serves = std::fs::read_to_string(format!("/proc/{pid}/mountinfo"))
-        .unwrap_or_default()
-        .lines()
-        .any(|l| l.split_whitespace().nth(4) == Some(want.as_str()));
+    let serves = crate::mount::table::of_process(&pid.to_string())
+        .iter()
+        .any(|m| m.target == rootfs);
     if !serves {
         return Ok(());
     }
@@ -581,13 +579,4 @@ pub fn run(spec: RunSpec, store: Option<&Store>) -> Result<Outcome> {
         oom_killed,
         memory_limit: spec.limits.memory_bytes,
     })
-}
-
-/// Whether `p` is the root of a mount in our namespace.
-pub fn is_mounted(p: &Path) -> bool {
-    let want = p.to_string_lossy().replace(' ', "\\040");
-    std::fs::read_to_string("/proc/self/mountinfo")
-        .unwrap_or_default()
-        .lines()
-        .any(|l| l.split_whitespace().nth(4) == Some(want.as_str()))
 }

@@ -34,18 +34,9 @@ pub struct LayerInfo {
 /// Whether a layerfs mount is at `mp` now, as the kernel lists it (a mount
 /// whose daemon died still counts: it must still be unmounted).
 pub fn is_live_mount(mp: &Path) -> bool {
-    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
-    let want = mp
-        .to_string_lossy()
-        .replace('\\', "\\134")
-        .replace(' ', "\\040")
-        .replace('\t', "\\011")
-        .replace('\n', "\\012");
-    mounts.lines().any(|l| {
-        let mut f = l.split_whitespace();
-        let (_, target, fstype) = (f.next(), f.next(), f.next());
-        target == Some(want.as_str()) && fstype.is_some_and(|t| t.starts_with("fuse"))
-    })
+    crate::mount::table::mounts()
+        .iter()
+        .any(|m| m.target == mp && m.fstype.starts_with("fuse"))
 }
 
 impl Store {

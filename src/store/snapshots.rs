@@ -22,6 +22,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::ffi::CStr;
 use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -29,6 +30,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{io_err, meta, Store, StoreError};
 use crate::layer::{Dir, Kind, Layer};
+use crate::mount::table::{self, MountEntry};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -254,7 +256,7 @@ impl Snapshots {
             let pfs = self.fs_dir(r.id);
             let st = std::fs::symlink_metadata(&pfs).map_err(|e| io_err(&pfs, e))?;
             let fs = new.join("fs");
-            std::os::unix::fs::lchown(&fs, Some(st_uid(&st)), Some(st_gid(&st)))
+            std::os::unix::fs::lchown(&fs, Some(st.uid()), Some(st.gid()))
                 .map_err(|e| io_err(&fs, e))?;
         }
         let id = t.next_id.max(1);
@@ -488,14 +490,6 @@ impl Snapshots {
     }
 }
 
-fn st_uid(m: &std::fs::Metadata) -> u32 {
-    std::os::unix::fs::MetadataExt::uid(m)
-}
-
-fn st_gid(m: &std::fs::Metadata) -> u32 {
-    std::os::unix::fs::MetadataExt::gid(m)
-}
-
 fn info(key: &str, r: &Record) -> SnapshotInfo {
     SnapshotInfo {
         key: key.to_string(),
@@ -554,15 +548,9 @@ fn walk_usage(
 /// its union mounted over a deleted layer.
 fn detach_mounts_of(dir: &Path) {
     let want = dir.to_string_lossy();
-    for (target, source, fstype) in mounts() {
-        // The kernel names a `fuse3.layerfs` mount `fuse.layerfs`.
-        if fstype.starts_with("fuse") && source == want {
-            tracing::warn!(target = %target, snapshot = %want, "unmounting a union of a snapshot being removed");
-            if let Err(e) =
-                nix::mount::umount2(Path::new(&target), nix::mount::MntFlags::MNT_DETACH)
-            {
-                tracing::warn!(target = %target, "cannot unmount: {e}");
-            }
+    for m in layerfs_mounts() {
+        if m.source == want {
+            detach(&m, "unmounting a union of a snapshot being removed");
         }
     }
 }
@@ -572,64 +560,33 @@ fn detach_mounts_of(dir: &Path) {
 /// fail on them.
 fn detach_dead_unions(dir: &Path) {
     let prefix = format!("{}/", dir.to_string_lossy());
-    for (target, source, fstype) in mounts() {
-        if !fstype.starts_with("fuse") || !source.starts_with(&prefix) {
-            continue;
-        }
+    for m in layerfs_mounts() {
         // statfs always reaches the daemon; a stat may be answered from
         // the kernel's attribute cache even once the daemon is gone.
-        let dead = matches!(
-            nix::sys::statfs::statfs(Path::new(&target)),
-            Err(nix::errno::Errno::ENOTCONN)
-        );
-        if dead {
-            tracing::warn!(target = %target, snapshot = %source, "unmounting a union whose daemon is gone");
-            if let Err(e) =
-                nix::mount::umount2(Path::new(&target), nix::mount::MntFlags::MNT_DETACH)
-            {
-                tracing::warn!(target = %target, "cannot unmount: {e}");
-            }
+        if m.source.starts_with(&prefix)
+            && matches!(
+                nix::sys::statfs::statfs(&m.target),
+                Err(nix::errno::Errno::ENOTCONN)
+            )
+        {
+            detach(&m, "unmounting a union whose daemon is gone");
         }
     }
 }
 
-/// (mount point, source, fs type) of every mount this process sees.
-fn mounts() -> Vec<(String, String, String)> {
-    let Ok(text) = std::fs::read_to_string("/proc/self/mountinfo") else {
-        return Vec::new();
-    };
-    text.lines()
-        .filter_map(|l| {
-            let (left, right) = l.split_once(" - ")?;
-            let target = left.split(' ').nth(4)?;
-            let mut r = right.split(' ');
-            let fstype = r.next()?;
-            let source = r.next()?;
-            Some((unescape(target), unescape(source), fstype.to_string()))
-        })
-        .collect()
+/// FUSE mounts this process sees (a `fuse3.layerfs` mount is listed as
+/// `fuse.layerfs`).
+fn layerfs_mounts() -> impl Iterator<Item = MountEntry> {
+    table::mounts()
+        .into_iter()
+        .filter(|m| m.fstype.starts_with("fuse"))
 }
 
-/// Undoes mountinfo's octal escapes (`\040` for a space).
-fn unescape(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\\' && i + 4 <= b.len() {
-            if let Some(v) = s
-                .get(i + 1..i + 4)
-                .and_then(|o| u8::from_str_radix(o, 8).ok())
-            {
-                out.push(v);
-                i += 4;
-                continue;
-            }
-        }
-        out.push(b[i]);
-        i += 1;
+fn detach(m: &MountEntry, why: &str) {
+    tracing::warn!(target = %m.target.display(), snapshot = %m.source, "{why}");
+    if let Err(e) = nix::mount::umount2(&m.target, nix::mount::MntFlags::MNT_DETACH) {
+        tracing::warn!(target = %m.target.display(), "cannot unmount: {e}");
     }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 #[cfg(test)]

@@ -206,10 +206,3 @@ fn a_root_mount_options_cannot_name_is_refused() {
     let e = Snapshots::open(&t.path().join("a,b"));
     assert!(matches!(e, Err(SnapshotError::InvalidArgument(_))), "{e:?}");
 }
-
-#[test]
-fn mountinfo_escapes_are_undone() {
-    assert_eq!(unescape(r"/a\040b"), "/a b");
-    assert_eq!(unescape(r"/a\\b"), r"/a\\b");
-    assert_eq!(unescape(r"tail\04"), r"tail\04");
-}
