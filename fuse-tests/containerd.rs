@@ -392,6 +392,15 @@ fn containerd_runs_images_on_layerfs_snapshots() {
         "t-write-committed",
         "t-write",
     ]);
+    // Some ctr versions commit without marking the result a root.
+    c.ctr(&[
+        "snapshots",
+        "--snapshotter",
+        "layerfs",
+        "label",
+        "t-write-committed",
+        "containerd.io/gc.root=test",
+    ]);
     let info = c.ctr(&[
         "snapshots",
         "--snapshotter",
@@ -411,6 +420,20 @@ fn containerd_runs_images_on_layerfs_snapshots() {
         "t-view",
         "t-write-committed",
     ]);
+    // `ctr snapshots view`, unlike `prepare`, leaves the view unreferenced:
+    // containerd's garbage collector removes it whenever it next runs,
+    // which it schedules on its own. Mark it a root, as a real client holds
+    // it with a lease, and collect now to prove it stays.
+    c.ctr(&[
+        "snapshots",
+        "--snapshotter",
+        "layerfs",
+        "label",
+        "t-view",
+        "containerd.io/gc.root=test",
+    ]);
+    c.collect_garbage();
+    assert!(c.ls().contains("t-view"), "{}", c.ls());
     // Mounted as containerd mounts it: `mount.fuse3 SOURCE TARGET -t layerfs -o …`.
     let m: serde_json::Value = serde_json::from_str(mounts.trim()).expect("mounts JSON");
     let m = &m[0];
