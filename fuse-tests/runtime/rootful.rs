@@ -437,6 +437,15 @@ fn ps_shows_each_containers_status() {
     };
     assert_eq!(json_status(&exited), Some("exited(3)".into()), "{v}");
     assert_eq!(json_status(&live), Some("running".into()), "{v}");
+    // `unionctl state` words it the same.
+    for (n, want) in [(&exited, "exited(3)"), (&oom, "oom"), (&live, "running")] {
+        let row = state_of(n);
+        let status = row
+            .lines()
+            .find(|l| l.split_whitespace().next() == Some(n.as_str()))
+            .and_then(|l| l.split_whitespace().nth(1));
+        assert_eq!(status, Some(want), "{row}");
+    }
     let out = run(uc().args(["kill", &live, "KILL"]));
     assert!(out.status.success(), "{}", text(&out.stderr));
     let out = finish(child);

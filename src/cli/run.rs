@@ -270,13 +270,8 @@ pub fn show_state(a: StateArgs) -> i32 {
         "NAME", "STATUS", "PID", "IMAGE"
     );
     for (s, live) in rows {
-        let status = match (live, s.exit_code) {
-            (Status::Running, _) => "running".to_string(),
-            (Status::Creating, _) => "creating".to_string(),
-            (Status::Exited, Some(c)) if s.oom_killed => format!("oom({c})"),
-            (Status::Exited, Some(c)) => format!("exited({c})"),
-            (Status::Exited, None) => "exited".to_string(),
-        };
+        // Worded as `ps` words it.
+        let status = s.status_text();
         let pid = if live == Status::Running {
             s.pid.to_string()
         } else {
