@@ -3,11 +3,12 @@
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// How long an open that conflicts with passthrough handles waits for
-/// releases already on their way.
-const RELEASE_GRACE: Duration = Duration::from_millis(200);
+/// releases already on their way. Only a real conflict waits it out; a
+/// loaded machine can take well over 200 ms to deliver a RELEASE.
+const RELEASE_GRACE: Duration = Duration::from_secs(2);
 
 use fuser::{FileHandle, FopenFlags};
 
@@ -45,7 +46,7 @@ impl UnionFs {
         // close() returns before the kernel's RELEASE reaches us, so a
         // conflict may be a handle already closed: give in-flight releases
         // a moment before calling the file busy.
-        let mut waited = Duration::ZERO;
+        let start = Instant::now();
         let mut register = Some(register);
         let backing = loop {
             let mut make = || match register.take() {
@@ -55,9 +56,8 @@ impl UnionFs {
             match self.backings.acquire(node, file.in_upper(), &mut make) {
                 Decision::Passthrough(id) => break Some(id),
                 Decision::Cached => break None,
-                Decision::Conflict if waited < RELEASE_GRACE => {
+                Decision::Conflict if start.elapsed() < RELEASE_GRACE => {
                     std::thread::sleep(Duration::from_millis(2));
-                    waited += Duration::from_millis(2);
                 }
                 Decision::Conflict => return Err(fuser::Errno::ETXTBSY),
             }
