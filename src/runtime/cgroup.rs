@@ -346,14 +346,17 @@ impl Cgroup {
         }
         let mut first_err = None;
         for d in self.dirs.drain(..).rev() {
-            let mut tries = 0;
+            let since = Instant::now();
             loop {
                 match std::fs::remove_dir(&d) {
                     Ok(()) => break,
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => break,
-                    // An exited task can linger for a moment.
-                    Err(e) if e.raw_os_error() == Some(libc::EBUSY) && tries < 500 => {
-                        tries += 1;
+                    // An exited task can linger for a moment, longer on a
+                    // loaded machine.
+                    Err(e)
+                        if e.raw_os_error() == Some(libc::EBUSY)
+                            && since.elapsed() < Duration::from_secs(10) =>
+                    {
                         std::thread::sleep(Duration::from_millis(2));
                     }
                     Err(e) => {
