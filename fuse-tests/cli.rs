@@ -264,7 +264,7 @@ fn layerfs_mount_program_form() {
     let out = run_limited(Command::new("fusermount3").arg("-u").arg(&s.mnt), 30);
     succeeded(&out, "fusermount3 -u");
     assert!(!is_mountpoint(&s.mnt));
-    let gone = wait_for(Duration::from_secs(10), || process_gone(pid));
+    let gone = wait_for(Duration::from_secs(60), || process_gone(pid));
     assert!(gone, "daemon outlived fusermount3 -u");
 
     // Paths relative to the working directory (the store's home, where
@@ -485,7 +485,7 @@ fn mount8_and_mount_fuse3_helper() {
         "umount",
     );
     assert!(
-        wait_for(Duration::from_secs(10), || process_gone(pid)),
+        wait_for(Duration::from_secs(60), || process_gone(pid)),
         "daemon outlived umount"
     );
 

@@ -411,7 +411,12 @@ fn containerd_runs_images_on_layerfs_snapshots() {
     assert!(info.contains("Committed") && info.contains(&top), "{info}");
     let view = c.p("view");
     std::fs::create_dir_all(&view).expect("mkdir");
-    let mounts = c.ctr(&[
+    // `ctr snapshots view`, unlike `prepare`, leaves the view unreferenced:
+    // containerd's garbage collector removes it whenever it next runs,
+    // which it schedules on its own. Mark it a root, as a real client holds
+    // it with a lease (again if it was collected before the label landed),
+    // and collect now to prove it stays.
+    let view_args = [
         "snapshots",
         "--snapshotter",
         "layerfs",
@@ -419,19 +424,22 @@ fn containerd_runs_images_on_layerfs_snapshots() {
         "--mounts",
         "t-view",
         "t-write-committed",
-    ]);
-    // `ctr snapshots view`, unlike `prepare`, leaves the view unreferenced:
-    // containerd's garbage collector removes it whenever it next runs,
-    // which it schedules on its own. Mark it a root, as a real client holds
-    // it with a lease, and collect now to prove it stays.
-    c.ctr(&[
+    ];
+    let label_args = [
         "snapshots",
         "--snapshotter",
         "layerfs",
         "label",
         "t-view",
         "containerd.io/gc.root=test",
-    ]);
+    ];
+    let mut mounts = c.ctr(&view_args);
+    for _ in 0..5 {
+        if c.ctr_try(&label_args).status.success() {
+            break;
+        }
+        mounts = c.ctr(&view_args);
+    }
     c.collect_garbage();
     assert!(c.ls().contains("t-view"), "{}", c.ls());
     // Mounted as containerd mounts it: `mount.fuse3 SOURCE TARGET -t layerfs -o …`.
@@ -473,7 +481,7 @@ fn containerd_runs_images_on_layerfs_snapshots() {
     unsafe { libc::kill(pid, libc::SIGKILL) };
     // Its threads outlive the group leader's zombie for a moment: wait for
     // the connection itself to be gone.
-    assert!(wait_for(Duration::from_secs(10), || process_gone(pid)
+    assert!(wait_for(Duration::from_secs(60), || process_gone(pid)
         && matches!(
             nix::sys::statfs::statfs(&view),
             Err(nix::errno::Errno::ENOTCONN)

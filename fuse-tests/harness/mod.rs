@@ -74,6 +74,45 @@ pub fn require_environment() {
     });
 }
 
+/// Where every test's scratch dirs live: `$LAYERFS_TEST_TMP`, or
+/// /var/tmp/layerfs-tests.
+///
+/// Made a shared mount, once per process, as `/` is on a systemd host
+/// (here it is private). A rootless container's supervisor lives in a
+/// mount namespace of its own that copies every mount existing when it
+/// starts; with private propagation an unmount by another test leaves that
+/// copy, and the union's daemon, alive until the container ends, and the
+/// unmount fails waiting for the daemon. Shared, the unmount reaches the
+/// copy too.
+pub fn test_base() -> PathBuf {
+    static SHARED: Once = Once::new();
+    let base = std::env::var_os("LAYERFS_TEST_TMP")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/tmp/layerfs-tests"));
+    std::fs::create_dir_all(&base).expect("create test base dir");
+    SHARED.call_once(|| {
+        let mounted = Command::new("mountpoint")
+            .arg("-q")
+            .arg(&base)
+            .status()
+            .expect("mountpoint")
+            .success();
+        let mount = |args: &[&str]| {
+            let out = run(Command::new("mount").args(args).arg(&base));
+            assert!(
+                out.status.success(),
+                "mount {args:?} {base:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        if !mounted {
+            mount(&["--bind", base.to_str().expect("UTF-8 test base")]);
+        }
+        mount(&["--make-rshared"]);
+    });
+    base
+}
+
 /// A scratch directory removed (after unmounting anything below) on drop.
 pub struct Scratch {
     pub root: PathBuf,
@@ -82,11 +121,7 @@ pub struct Scratch {
 impl Scratch {
     pub fn new(tag: &str) -> Scratch {
         require_environment();
-        let base = std::env::var_os("LAYERFS_TEST_TMP")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| PathBuf::from("/var/tmp/layerfs-tests"));
-        std::fs::create_dir_all(&base).expect("create test base dir");
-        let root = base.join(format!(
+        let root = test_base().join(format!(
             "{tag}-{}-{}",
             std::process::id(),
             COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
@@ -283,7 +318,7 @@ impl Mounted {
         let start = Instant::now();
         while !out.status.success()
             && is_mountpoint(&self.mnt)
-            && start.elapsed() < Duration::from_secs(2)
+            && start.elapsed() < Duration::from_secs(20)
         {
             std::thread::sleep(Duration::from_millis(20));
             out = umount();
@@ -399,11 +434,7 @@ fn drop_caches_now() {
 /// on the machine: dropping caches takes it shared, holding them steady
 /// takes it exclusive.
 fn caches_lock(how: libc::c_int) -> std::fs::File {
-    let base = std::env::var_os("LAYERFS_TEST_TMP")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/var/tmp/layerfs-tests"));
-    std::fs::create_dir_all(&base).expect("create test base dir");
-    let f = std::fs::File::create(base.join(".drop_caches.lock")).expect("caches lock file");
+    let f = std::fs::File::create(test_base().join(".drop_caches.lock")).expect("caches lock file");
     // SAFETY: flock on an open fd; released when the file is closed.
     let r = unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&f), how) };
     assert_eq!(r, 0, "flock: {}", std::io::Error::last_os_error());

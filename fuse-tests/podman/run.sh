@@ -473,7 +473,8 @@ scenario_teardown() {
     pod rm --all --force --time 0 >&2
     pod ps --all --external --format '{{.ID}} {{.Names}} {{.Status}}' >&2
     local left=''
-    for _ in $(seq 50); do
+    # Daemons exit after podman's lazy unmount, in their own time.
+    for _ in $(seq 300); do
         left=$(findmnt -rn -o TARGET,FSTYPE | grep -F "$S_DIR/" || true)
         left+=$(for p in $(store_daemons); do echo " daemon $p: $(tr '\0' ' ' </proc/"$p"/cmdline | grep -o '[^ ]*/merged')"; done)
         [[ -z $left ]] && break

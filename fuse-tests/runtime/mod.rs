@@ -53,10 +53,7 @@ fn store() -> &'static Path {
     static STORE: OnceLock<PathBuf> = OnceLock::new();
     STORE.get_or_init(|| {
         require_environment();
-        let base = std::env::var_os("LAYERFS_TEST_TMP")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| PathBuf::from("/var/tmp/layerfs-tests"));
-        let root = base.join("runtime-store");
+        let root = test_base().join("runtime-store");
         ensure_fixture(
             &root,
             |r| {

@@ -232,7 +232,7 @@ fn exec_joins_the_namespaces_and_kill_delivers_signals() {
         &["--cpus", "0.5", "--memory", "128M", "--pids", "64"],
         "trap 'echo got TERM; exit 42' TERM; echo here > /marker; while :; do sleep 0.1; done",
     );
-    assert!(wait_for(Duration::from_secs(10), || merged(&n)
+    assert!(wait_for(Duration::from_secs(60), || merged(&n)
         .join("marker")
         .exists()));
     let out = run(uc().args([
@@ -306,7 +306,7 @@ fn the_supervisor_forwards_signals() {
     );
     // Running is not enough: pid 1 drops a signal it has no handler for,
     // so wait until the trap is set.
-    assert!(wait_for(Duration::from_secs(10), || merged(&n)
+    assert!(wait_for(Duration::from_secs(60), || merged(&n)
         .join("ready")
         .exists()));
     let pid = nix::unistd::Pid::from_raw(child.id() as i32);
@@ -334,7 +334,7 @@ fn sigkill_reports_137_and_a_dead_supervisor_is_not_running() {
     let _ = child.kill();
     let _ = child.wait();
     assert!(
-        wait_for(Duration::from_secs(10), || !state_of(&n)
+        wait_for(Duration::from_secs(60), || !state_of(&n)
             .contains("running")),
         "{}",
         state_of(&n)

@@ -407,13 +407,13 @@ fn rootless_a_killed_supervisor_leaves_nothing_running() {
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL).expect("kill the supervisor");
     let _ = child.wait();
     assert!(
-        wait_for(Duration::from_secs(10), || !rootless_state_of(&n)
+        wait_for(Duration::from_secs(60), || !rootless_state_of(&n)
             .contains("running")),
         "{}",
         rootless_state_of(&n)
     );
     assert!(
-        wait_for(Duration::from_secs(10), || std::panic::catch_unwind(|| {
+        wait_for(Duration::from_secs(60), || std::panic::catch_unwind(|| {
             assert_clean_rootless(&n)
         })
         .is_ok()),
