@@ -450,14 +450,27 @@ impl Filesystem for UnionFs {
                 let fh = self.fh();
                 self.dirs.insert(fh, Arc::new(dir));
                 // A read-only union never changes: the kernel may keep
-                // listings across opens. A writable one may not, yet: with
-                // kept listings, semantics::stress (8 threads renaming,
-                // creating and unlinking in one directory while listing it)
-                // saw 0 or 2 names of a file its thread had renamed before
-                // listing, in 4 of 6 runs; without them, 0 in 14. Not
-                // explained. Offsets that mean the same in every listing
-                // (name-hash cookies), so that a kept listing continued on
-                // another handle splices cleanly, did not help (7 of 8).
+                // listings across opens. A writable one may not: with kept
+                // listings, semantics::stress (8 threads renaming, creating
+                // and unlinking in one directory while listing it) saw 0
+                // or 2 names of a file its thread had renamed before
+                // listing, in 4 of 6 runs; without them, 0 in 14.
+                //
+                // The cause is in the kernel's cache (fs/fuse/readdir.c):
+                // a change resets the kept listing, but a READDIR reply
+                // still arriving is added to the new one whenever its
+                // offset equals where the new one ends; the version check
+                // is made when the reply is added, not when it was asked
+                // for. A handle's listing older than the change is thus
+                // spliced into a fresh one: names before the offset from
+                // one state, after it from another. Offsets that mean the
+                // same in every listing (name-hash cookies) made it worse
+                // (7 of 8), presumably because two listings' offsets then
+                // match more often.
+                // Offsets unique to each listing would stop the splice,
+                // but a first reply (offset 0) taken before a change and
+                // added after the reset still fills the cache with the old
+                // state; no offset scheme can prevent that.
                 let flags = if self.union.is_read_only() {
                     FopenFlags::FOPEN_CACHE_DIR | FopenFlags::FOPEN_KEEP_CACHE
                 } else {
