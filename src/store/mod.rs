@@ -31,6 +31,7 @@ mod export;
 mod import;
 mod lock;
 mod meta;
+mod plan;
 pub mod snapshots;
 mod source;
 pub mod tar;
