@@ -414,3 +414,48 @@ pub fn stack_id(layers: &[u64], root_layers: usize) -> u64 {
         .collect();
     fnv(&[b"stack", &bytes])
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A store holds about one table per indexing run; once read, a table
+    /// stays open. (With RocksDB's default 64 table-cache shards and 64
+    /// open files, tables sharing a shard evicted each other and every
+    /// lookup reopened one.)
+    #[test]
+    fn lookups_across_many_tables_open_each_once() {
+        const TABLES: u64 = 300;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let key = |table: u64, i: u64| [table.to_be_bytes(), i.to_be_bytes()].concat();
+        {
+            // One flushed table per "layer", never compacted together.
+            let mut o = options();
+            o.set_disable_auto_compactions(true);
+            let db = DB::open(&o, dir.path()).expect("open for writing");
+            for t in 0..TABLES {
+                for i in 0..20 {
+                    db.put(key(t, i), [7u8; 64]).expect("put");
+                }
+                db.flush().expect("flush");
+            }
+        }
+        let mut o = options();
+        o.enable_statistics();
+        let db = DB::open_for_read_only(&o, dir.path(), false).expect("open read-only");
+        let pass = || {
+            for t in 0..TABLES {
+                for i in [0, 10, 19] {
+                    assert!(db.get(key(t, i)).expect("get").is_some());
+                }
+            }
+        };
+        let opens = || o.get_ticker_count(rocksdb::statistics::Ticker::NoFileOpens);
+        pass();
+        let first = opens();
+        assert!(first >= TABLES, "{first} table opens for {TABLES} tables");
+        pass();
+        pass();
+        assert_eq!(opens(), first, "tables were opened again");
+    }
+}
