@@ -271,7 +271,7 @@ pub fn show_state(a: StateArgs) -> i32 {
     );
     for (s, live) in rows {
         // Worded as `ps` words it.
-        let status = s.status_text();
+        let status = s.status_text_as(live);
         let pid = if live == Status::Running {
             s.pid.to_string()
         } else {

@@ -84,7 +84,13 @@ impl ContainerState {
     /// The status as `ps` shows it: `running`, `created` (being set up),
     /// `exited(N)`, or `oom` when the OOM killer ended it.
     pub fn status_text(&self) -> String {
-        match (self.live_status(), self.exit_code) {
+        self.status_text_as(self.live_status())
+    }
+
+    /// [`Self::status_text`] for a live status already read, so that a
+    /// listing shows one reading of it.
+    pub fn status_text_as(&self, live: Status) -> String {
+        match (live, self.exit_code) {
             (Status::Running, _) => "running".into(),
             (Status::Creating, _) => "created".into(),
             (Status::Exited, _) if self.oom_killed => "oom".into(),
