@@ -85,9 +85,9 @@ fn options() -> Options {
     opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
     // Every table stays open once read. Layers' keys never overlap, so
     // compaction moves tables instead of merging them: a store holds about
-    // one table per indexing run. A table dropped from the table
-    // cache is opened again, its index read and decompressed, on the next
-    // lookup that needs it. 64 open files split into RocksDB's default 64
+    // one table per indexing run. A table dropped from the table cache is
+    // opened again, its index read and decompressed, on the next lookup
+    // that needs it. 64 open files split into RocksDB's default 64
     // cache shards leave each shard room for one table, so two hot tables
     // that hash to one shard evict each other on every lookup: with 30
     // tables, a podman test step took 6.5 minutes instead of 10 s, its
