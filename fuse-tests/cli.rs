@@ -147,7 +147,7 @@ pub(super) fn pid_of(mnt: &Path) -> i32 {
 
 #[track_caller]
 pub(super) fn wait_exit(child: &mut Child, what: &str) {
-    let ok = wait_for(Duration::from_secs(20), || {
+    let ok = wait_for(Duration::from_secs(60), || {
         child.try_wait().unwrap().is_some()
     });
     assert!(
@@ -182,16 +182,22 @@ fn unionctl_mount_daemonizes_and_returns_once_live() {
 fn unionctl_mount_foreground_stays_attached() {
     let s = set("ctl-fg");
     for stop in ["unionctl umount", "SIGTERM"] {
+        let log = s.s.path(&format!("fg-{}.log", stop.len()));
         let mut child = s
             .unionctl_mount()
             .arg("-f")
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(fs::File::create(&log).unwrap())
             .spawn()
             .unwrap();
+        let mounted = wait_for(Duration::from_secs(60), || {
+            is_mountpoint(&s.mnt) || child.try_wait().unwrap().is_some()
+        });
         assert!(
-            wait_for(Duration::from_secs(20), || is_mountpoint(&s.mnt)),
-            "-f never mounted"
+            mounted && is_mountpoint(&s.mnt),
+            "-f never mounted (before stopping with {stop}; exit: {:?}): {}",
+            child.try_wait().unwrap(),
+            fs::read_to_string(&log).unwrap_or_default()
         );
         assert!(
             child.try_wait().unwrap().is_none(),
@@ -409,7 +415,7 @@ fn layerfs_foreground_and_debug_flags() {
             .spawn()
             .unwrap();
         assert!(
-            wait_for(Duration::from_secs(20), || is_mountpoint(&s.mnt)),
+            wait_for(Duration::from_secs(60), || is_mountpoint(&s.mnt)),
             "{flag}: never mounted"
         );
         assert!(

@@ -117,7 +117,7 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
             .expect("start unionctl snapshotter");
         self.snapshotter = Some(child);
         assert!(
-            wait_for(Duration::from_secs(20), || {
+            wait_for(Duration::from_secs(60), || {
                 std::os::unix::net::UnixStream::connect(&sock).is_ok()
             }),
             "the snapshotter never listened: {}",
@@ -158,7 +158,7 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
         if let Some(mut c) = child.take() {
             // SAFETY: signalling our own child.
             unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
-            let gone = wait_for(Duration::from_secs(20), || {
+            let gone = wait_for(Duration::from_secs(60), || {
                 matches!(c.try_wait(), Ok(Some(_)))
             });
             if !gone {
@@ -547,7 +547,7 @@ fn containerd_runs_images_on_layerfs_snapshots() {
     let _ = c.ctr_try(&["containers", "rm", "t-write"]);
     c.collect_garbage();
     assert!(
-        wait_for(Duration::from_secs(20), || c.mounts().is_empty()),
+        wait_for(Duration::from_secs(60), || c.mounts().is_empty()),
         "after snapshots rm, still mounted: {:?}\n{}\n--- containerd:\n{}",
         c.mounts(),
         c.log("snapshotter.log"),
@@ -588,7 +588,7 @@ fn containerd_runs_images_on_layerfs_snapshots() {
     // The image goes, and with it every layer and directory.
     c.ctr(&["images", "rm", "--sync", IMAGE]);
     assert!(
-        wait_for(Duration::from_secs(20), || c.ls().lines().count() <= 1),
+        wait_for(Duration::from_secs(60), || c.ls().lines().count() <= 1),
         "snapshots left after images rm: {}",
         c.ls()
     );

@@ -217,7 +217,7 @@ fn start_background(n: &str, extra: &[&str], script: &str) -> Child {
         .spawn()
         .expect("spawn unionctl run");
     assert!(
-        wait_for(Duration::from_secs(20), || state_of(n).contains("running")),
+        wait_for(Duration::from_secs(60), || state_of(n).contains("running")),
         "container {n} did not start: {}",
         state_of(n)
     );

@@ -177,7 +177,7 @@ fn rootless_exec_joins_the_user_and_pid_namespaces_and_kill_signals() {
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn a rootless run");
-    let started = wait_for(Duration::from_secs(20), || {
+    let started = wait_for(Duration::from_secs(60), || {
         run(ruc().args(["exec", &n, "--", "cat", "/marker"]))
             .status
             .success()
@@ -387,7 +387,7 @@ fn rootless_a_killed_supervisor_leaves_nothing_running() {
         .stderr(Stdio::null())
         .spawn()
         .expect("spawn a rootless run");
-    let started = wait_for(Duration::from_secs(20), || {
+    let started = wait_for(Duration::from_secs(60), || {
         rootless_state_of(&n).contains("running")
     });
     // runuser's child is the supervisor: kill that one (runuser waits).

@@ -97,7 +97,7 @@ fn killed_import_leaves_nothing() {
         .spawn()
         .expect("spawn");
     // Until the base layer is half unpacked.
-    let staged = wait_for(Duration::from_secs(20), || {
+    let staged = wait_for(Duration::from_secs(60), || {
         fs::read_dir(root.join("tmp"))
             .map(|d| d.count() > 0)
             .unwrap_or(false)

@@ -95,9 +95,6 @@ pub fn run(cmd: IndexCmd) -> Result<i32, String> {
         }
         reports.push(report);
     }
-    if verb == "build" || verb == "rebuild" {
-        db.settle().map_err(|e| e.to_string())?;
-    }
     if args.json {
         println!(
             "{}",

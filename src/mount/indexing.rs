@@ -199,6 +199,5 @@ fn build(layers: &[crate::layer::Layer], roots: usize, dir: &Path) -> Result<u64
         .map(|n| progress.show(&what, n, true))
         .map_err(err)?;
     }
-    index.settle().map_err(err)?;
     Ok(stack)
 }

@@ -575,7 +575,7 @@ impl Store {
                 crate::index::build_layer(&ix, &layer, id, &mut |n| progress(k, n)).map_err(err)?;
             }
         }
-        ix.settle().map_err(err)
+        Ok(())
     }
 
     /// Whether layer `d` has a complete index.
