@@ -257,3 +257,103 @@ fn inode_numbers_are_stable_across_remounts_and_copy_up() {
     assert_eq!((ino("f"), ino("d"), ino("d/g")), before);
     mnt.unmount();
 }
+
+/// `unionctl index gc` drops the records of a layer that was removed and of
+/// the stacks on it, keeps the rest, and a union mounted on the kept layers
+/// goes on serving through it.
+#[test]
+fn gc_drops_removed_layers_and_live_mounts_keep_working() {
+    let s = Scratch::new("index-gc");
+    let ixdir = s.dir("ix");
+    let ix = format!("index_dir={}", ixdir.display());
+    let (l1, l2, l3) = (s.dir("l1"), s.dir("l2"), s.dir("l3"));
+    for (l, n) in [(&l1, 300), (&l2, 10), (&l3, 2000)] {
+        for f in 0..n {
+            fs::create_dir_all(l.join("d")).unwrap();
+            fs::write(l.join("d").join(format!("f{f}")), "x").unwrap();
+        }
+    }
+    fs::write(l1.join("top"), "1").unwrap();
+    let live = s.dir("live");
+    let kept = mount(
+        Via::Unionctl,
+        &[l1.clone(), l2.clone()],
+        None,
+        &live,
+        &["index=on", &ix],
+    );
+    {
+        let m = s.dir("gone");
+        let _gone = mount(
+            Via::Unionctl,
+            &[l3.clone(), l2.clone()],
+            None,
+            &m,
+            &["index=on", &ix],
+        );
+        assert_eq!(fs::read_dir(m.join("d")).unwrap().count(), 2000);
+    }
+    fs::remove_dir_all(&l3).unwrap();
+
+    let dir = ixdir.to_str().unwrap();
+    let out = unionctl(&["index", "gc", "--index-dir", dir, "--dry-run", "--json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let dry: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(dry["layers_dropped"].as_array().unwrap().len(), 1, "{dry}");
+
+    let out = unionctl(&["index", "gc", "--index-dir", dir, "--json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let dropped = r["layers_dropped"].as_array().unwrap();
+    assert_eq!(dropped.len(), 1, "{r}");
+    assert_eq!(
+        dropped[0]["path"].as_str().unwrap(),
+        fs::canonicalize(&l1)
+            .unwrap()
+            .with_file_name("l3")
+            .to_str()
+            .unwrap(),
+        "{r}"
+    );
+    assert_eq!(
+        (r["layers_kept"].as_u64(), r["stacks_kept"].as_u64()),
+        (Some(2), Some(1)),
+        "{r}"
+    );
+    assert_eq!(r["stacks_dropped"].as_u64(), Some(1), "{r}");
+    assert!(
+        r["bytes_after"].as_u64() < r["bytes_before"].as_u64(),
+        "{r}"
+    );
+
+    // The live union still answers from its index.
+    assert_eq!(fs::read_dir(live.join("d")).unwrap().count(), 300);
+    assert_eq!(fs::read_to_string(live.join("top")).unwrap(), "1");
+    assert!(fs::metadata(live.join("d/f299")).is_ok());
+    drop(kept);
+    // The kept indexes serve a new mount without being built again.
+    let out = unionctl(&[
+        "index",
+        "stats",
+        "--index-dir",
+        dir,
+        "--json",
+        l1.to_str().unwrap(),
+    ]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("\"indexed\": true"));
+    let again = unionctl(&["index", "gc", "--index-dir", dir, "--json"]);
+    let again: serde_json::Value = serde_json::from_slice(&again.stdout).unwrap();
+    assert_eq!(
+        again["layers_dropped"].as_array().unwrap().len(),
+        0,
+        "{again}"
+    );
+}

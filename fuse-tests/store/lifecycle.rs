@@ -240,6 +240,9 @@ fn driver_operations() {
     assert_eq!(store.apply_diff(again, &mut &gz[..]).expect("apply gz"), id);
     let cleaned = store.cleanup().expect("cleanup");
     assert_eq!(cleaned.layers, vec![id.clone()]);
+    // Both incarnations of that layer had been indexed when committed;
+    // the stack d1 was mounted on is all there and stays.
+    assert_eq!(cleaned.indexes, 2, "index records of the removed layers");
     // An abandoned create leaves nothing.
     drop(store.create(None).expect("create"));
     assert_eq!(fs::read_dir(root.join("tmp")).expect("tmp").count(), 0);

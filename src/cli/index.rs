@@ -1,4 +1,4 @@
-//! `unionctl index build|verify|rebuild|stats LAYER…`
+//! `unionctl index build|verify|rebuild|stats LAYER…` and `unionctl index gc`
 
 use std::path::PathBuf;
 
@@ -18,6 +18,23 @@ pub enum IndexCmd {
     Rebuild(IndexArgs),
     /// Show what the index holds for each layer.
     Stats(IndexArgs),
+    /// Drop the indexes of layers that are gone (or replaced) and of the
+    /// stacks that merged them.
+    Gc(GcArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct GcArgs {
+    /// The index database (default: /var/lib/layerfs/index, or the XDG
+    /// state directory when not root).
+    #[arg(long, value_name = "DIR")]
+    index_dir: Option<PathBuf>,
+    /// Report what would be dropped; change nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args, Debug)]
@@ -51,6 +68,7 @@ pub fn run(cmd: IndexCmd) -> Result<i32, String> {
         IndexCmd::Verify(a) => (a, "verify"),
         IndexCmd::Rebuild(a) => (a, "rebuild"),
         IndexCmd::Stats(a) => (a, "stats"),
+        IndexCmd::Gc(a) => return gc(a),
     };
     let dir = args.index_dir.clone().unwrap_or_else(index::default_dir);
     let db = if verb == "build" || verb == "rebuild" {
@@ -123,4 +141,49 @@ pub fn run(cmd: IndexCmd) -> Result<i32, String> {
         }
     }
     Ok(code)
+}
+
+fn gc(args: GcArgs) -> Result<i32, String> {
+    let dir = args.index_dir.unwrap_or_else(index::default_dir);
+    if !dir.join("CURRENT").exists() {
+        return Err(format!("{}: no index database there", dir.display()));
+    }
+    let db = Index::open_for_write(&dir, std::time::Duration::from_secs(600))
+        .map_err(|e| e.to_string())?;
+    let r = db.gc(args.dry_run).map_err(|e| e.to_string())?;
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&r).map_err(|e| e.to_string())?
+        );
+        return Ok(0);
+    }
+    let verb = if args.dry_run {
+        "would drop"
+    } else {
+        "dropped"
+    };
+    for d in &r.layers_dropped {
+        let path = d
+            .path
+            .as_ref()
+            .map_or("?".into(), |p| p.display().to_string());
+        println!("{verb} layer {}  {path}  ({})", d.id, d.why);
+    }
+    println!(
+        "layers: {} kept, {} kept unjudged, {} {verb}; stacks: {} kept, {} kept unjudged, {} {verb}",
+        r.layers_kept,
+        r.layers_unknown,
+        r.layers_dropped.len(),
+        r.stacks_kept,
+        r.stacks_unknown,
+        r.stacks_dropped
+    );
+    let mib = |b: u64| b as f64 / (1 << 20) as f64;
+    println!(
+        "tables: {:.1} MiB before, {:.1} MiB after",
+        mib(r.bytes_before),
+        mib(r.bytes_after)
+    );
+    Ok(0)
 }

@@ -46,7 +46,8 @@ pub enum StoreCmd {
         #[arg(long)]
         json: bool,
     },
-    /// Remove layers no image uses and forget mounts that have gone.
+    /// Remove layers no image uses, forget mounts that have gone and drop
+    /// the index records of removed layers.
     Cleanup {
         #[arg(long)]
         json: bool,
@@ -232,6 +233,9 @@ pub fn run(root: Option<&Path>, cmd: Cmd) -> Result<i32, String> {
             }
             for n in &c.stale_mounts {
                 println!("container {n}: forgot a mount that had gone");
+            }
+            if c.indexes > 0 {
+                println!("dropped {} indexes of removed layers", c.indexes);
             }
         }
         Cmd::Images { json } => {

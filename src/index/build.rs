@@ -139,6 +139,11 @@ pub fn build_layer(
         }
         Ok(())
     })?;
+    // Where it is, for `gc` to find out later whether it is still there.
+    // A path that cannot be resolved leaves the index kept for good.
+    if let Ok(path) = std::fs::canonicalize(layer.path()) {
+        batch.put(record::path_key(id), path.as_os_str().as_encoded_bytes());
+    }
     index.finish_build(LAYER, id, batch, n)?;
     progress(n);
     Ok(n)

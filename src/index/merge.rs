@@ -71,6 +71,7 @@ pub fn build_stack(
             }
         }
     }
+    batch.put(record::layers_key(stack), record::encode_ids(layers));
     index.finish_build(STACK, stack, batch, n)?;
     progress(n);
     Ok(n)

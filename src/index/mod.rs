@@ -24,6 +24,7 @@
 //! This module knows layers, not unions: it never imports the union core.
 
 mod build;
+mod gc;
 mod merge;
 pub mod record;
 
@@ -37,6 +38,7 @@ use rocksdb::{BlockBasedOptions, Cache, Direction, IteratorMode, Options, ReadOp
 
 use crate::layer::Layer;
 pub use build::{build_layer, verify_layer, Drift};
+pub use gc::{Dropped, GcReport};
 pub use merge::build_stack;
 use record::{LayerMeta, Merged, LAYER, STACK, VERSION};
 
@@ -279,8 +281,7 @@ impl Index {
     fn settle(&self, space: u8, id: u64) -> Result<()> {
         let db = self.current();
         db.flush().map_err(|e| db_error(&self.path, e))?;
-        let mut start = vec![space];
-        start.extend_from_slice(&id.to_be_bytes());
+        let start = record::index_prefix(space, id);
         let end = record::prefix_end(&start);
         db.compact_range(Some(&start), Some(&end));
         Ok(())
@@ -327,10 +328,10 @@ impl Index {
 
     /// Removes every record of one index (its meta record last).
     fn clear(&self, space: u8, id: u64) -> Result<()> {
-        let start = record::entries_prefix(space, id);
+        let start = record::index_prefix(space, id);
         let mut batch = rocksdb::WriteBatch::default();
-        batch.delete_range(&start, &record::prefix_end(&start));
         batch.delete(record::meta_key(space, id));
+        batch.delete_range(&start, &record::prefix_end(&start));
         self.write(batch)
     }
 

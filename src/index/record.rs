@@ -4,7 +4,12 @@
 //! - `L <layer id:8> m` → [`LayerMeta`] of one layer's index;
 //! - `L <layer id:8> e <dir path> 0x00 <name>` → [`Entry`] of one layer;
 //! - `S <stack id:8> m` → [`LayerMeta`] of a merged stack index;
-//! - `S <stack id:8> e <dir path> 0x00 <name>` → [`Merged`] entry of a stack.
+//! - `S <stack id:8> e <dir path> 0x00 <name>` → [`Merged`] entry of a stack;
+//! - `L <layer id:8> p` → the layer's absolute path when it was indexed;
+//! - `S <stack id:8> l` → the ids of the stack's layers, top first.
+//!
+//! The last two let `unionctl index gc` find indexes whose layers are
+//! gone; an index built before they existed has none and is kept.
 //!
 //! A directory's entries share the prefix `… e <dir path> 0x00`, so listing
 //! it is one range scan, and a parent path sorts before its children's
@@ -257,17 +262,51 @@ impl LayerMeta {
 
 /// `<space> <id> m`.
 pub fn meta_key(space: u8, id: u64) -> Vec<u8> {
-    let mut k = Vec::with_capacity(10);
-    k.push(space);
-    k.extend_from_slice(&id.to_be_bytes());
+    let mut k = index_prefix(space, id);
     k.push(b'm');
     k
 }
 
+/// `<space> <id>`: the start of every key of one index.
+pub fn index_prefix(space: u8, id: u64) -> Vec<u8> {
+    let mut k = Vec::with_capacity(10);
+    k.push(space);
+    k.extend_from_slice(&id.to_be_bytes());
+    k
+}
+
+/// `L <id> p`: where a layer was when it was indexed.
+pub fn path_key(id: u64) -> Vec<u8> {
+    let mut k = index_prefix(LAYER, id);
+    k.push(b'p');
+    k
+}
+
+/// `S <id> l`: which layers a stack merges.
+pub fn layers_key(id: u64) -> Vec<u8> {
+    let mut k = index_prefix(STACK, id);
+    k.push(b'l');
+    k
+}
+
+pub fn encode_ids(ids: &[u64]) -> Vec<u8> {
+    ids.iter().flat_map(|i| i.to_be_bytes()).collect()
+}
+
+pub fn decode_ids(v: &[u8]) -> Option<Vec<u64>> {
+    if v.len() % 8 != 0 {
+        return None;
+    }
+    Some(
+        v.chunks_exact(8)
+            .map(|c| u64::from_be_bytes(c.try_into().unwrap_or_default()))
+            .collect(),
+    )
+}
+
 /// `<space> <id> e` : the start of every entry key of one index.
 pub fn entries_prefix(space: u8, id: u64) -> Vec<u8> {
-    let mut k = meta_key(space, id);
-    k.pop();
+    let mut k = index_prefix(space, id);
     k.push(b'e');
     k
 }

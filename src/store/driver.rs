@@ -37,6 +37,8 @@ pub struct Cleanup {
     pub layers: Vec<Digest>,
     /// Containers whose recorded mount had gone.
     pub stale_mounts: Vec<String>,
+    /// Layer and stack indexes dropped from the metadata index.
+    pub indexes: usize,
 }
 
 pub trait Driver {
@@ -287,6 +289,7 @@ impl Driver for Store {
                 out.stale_mounts.push(c.name);
             }
         }
+        out.indexes = self.collect_index()?;
         Ok(out)
     }
 }

@@ -146,6 +146,20 @@ impl Store {
         self.root.join("index")
     }
 
+    /// Drops the index records of layers that are gone from the store and
+    /// of the stacks that merged them; returns how many indexes went.
+    pub(crate) fn collect_index(&self) -> Result<usize> {
+        let dir = self.index_dir();
+        if !dir.join("CURRENT").exists() {
+            return Ok(0);
+        }
+        let err = |e: crate::index::IndexError| io_err(&dir, e);
+        let ix = crate::index::Index::open_for_write(&dir, std::time::Duration::from_secs(600))
+            .map_err(err)?;
+        let r = ix.gc(false).map_err(err)?;
+        Ok(r.layers_dropped.len() + r.stacks_dropped)
+    }
+
     pub fn layers_dir(&self) -> PathBuf {
         self.root.join("layers")
     }

@@ -463,8 +463,9 @@ impl Snapshots {
     }
 
     /// Removes snapshot directories the table does not name (left by an
-    /// interrupted call) and unmounts unions of snapshots that are gone.
-    /// Returns how many directories went.
+    /// interrupted call), unmounts unions of snapshots that are gone and
+    /// drops the index records of removed snapshots. Returns how many
+    /// directories went.
     pub fn cleanup(&self) -> Result<usize> {
         let _l = self.store.lock_exclusive()?;
         let t = self.read_table()?;
@@ -486,6 +487,10 @@ impl Snapshots {
             removed += 1;
         }
         detach_dead_unions(&dir);
+        let dropped = self.store.collect_index()?;
+        if dropped > 0 {
+            tracing::info!(dropped, "dropped the indexes of removed snapshots");
+        }
         Ok(removed)
     }
 }
