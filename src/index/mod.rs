@@ -165,6 +165,30 @@ fn make_room_for_tables() {
     });
 }
 
+/// Warns when tables hold records of several indexes: written by versions
+/// that compacted the whole database, they are cut by size only, so every
+/// new index whose keys fall inside one rewrites it (up to its size) when
+/// settled. Nothing can cut them by index; a database with many of them
+/// is best removed while no union uses it, and is rebuilt on demand.
+fn warn_of_mixed_tables(db: &DB, path: &Path) {
+    let Ok(files) = db.live_files() else { return };
+    let mixed = files
+        .iter()
+        .filter(|f| match (&f.start_key, &f.end_key) {
+            (Some(a), Some(b)) => a.get(..9) != b.get(..9),
+            _ => false,
+        })
+        .count();
+    if mixed > 0 {
+        tracing::warn!(
+            index = %path.display(),
+            tables = mixed,
+            "tables from an older layout of the index make new builds slower; \
+             remove the directory while no union uses it to start afresh"
+        );
+    }
+}
+
 /// Opens the database read-only. A builder may delete a table between
 /// RocksDB's reading of the table list and its opening of the first
 /// tables, so an I/O error is tried again.
@@ -213,6 +237,7 @@ impl Index {
         }
         make_room_for_tables();
         let db = DB::open(&options(), path).map_err(|e| db_error(path, e))?;
+        warn_of_mixed_tables(&db, path);
         Ok(Index {
             db: RwLock::new(Arc::new(db)),
             reopens: AtomicU32::new(0),
