@@ -148,8 +148,13 @@ fn gc(args: GcArgs) -> Result<i32, String> {
     if !dir.join("CURRENT").exists() {
         return Err(format!("{}: no index database there", dir.display()));
     }
-    let db = Index::open_for_write(&dir, std::time::Duration::from_secs(600))
-        .map_err(|e| e.to_string())?;
+    // A dry run changes nothing, and waits for no builder.
+    let db = if args.dry_run {
+        Index::open_read_only(&dir)
+    } else {
+        Index::open_for_write(&dir, std::time::Duration::from_secs(600))
+    }
+    .map_err(|e| e.to_string())?;
     let r = db.gc(args.dry_run).map_err(|e| e.to_string())?;
     if args.json {
         println!(

@@ -121,6 +121,21 @@ pub fn build_layer(
 ) -> Result<u64> {
     index.begin_build(LAYER, id)?;
     let mut batch = WriteBatch::default();
+    // Where it is, for `gc` to find out later whether it is still there,
+    // written first so that a killed build's records can be judged too. A
+    // path that cannot be resolved leaves the index kept for good.
+    if let (Ok(path), Ok(st)) = (
+        std::fs::canonicalize(layer.path()),
+        layer.root().stat_self(),
+    ) {
+        let place = record::Place {
+            dev: st.dev(),
+            ino: st.ino(),
+            path: path.into_os_string().into_encoded_bytes(),
+        };
+        batch.put(record::path_key(id), place.encode());
+        index.write(std::mem::take(&mut batch))?;
+    }
     let mut value = Vec::with_capacity(128);
     let mut n: u64 = 0;
     walk(layer, |path, records| {
@@ -139,11 +154,6 @@ pub fn build_layer(
         }
         Ok(())
     })?;
-    // Where it is, for `gc` to find out later whether it is still there.
-    // A path that cannot be resolved leaves the index kept for good.
-    if let Ok(path) = std::fs::canonicalize(layer.path()) {
-        batch.put(record::path_key(id), path.as_os_str().as_encoded_bytes());
-    }
     index.finish_build(LAYER, id, batch, n)?;
     progress(n);
     Ok(n)

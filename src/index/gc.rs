@@ -2,17 +2,22 @@
 //! merged them: layers come and go on a node, and their records would
 //! otherwise stay in the database for good.
 //!
-//! A layer's index is dropped when its recorded path no longer opens, or
-//! opens as another layer (a different identity); an incomplete index (a
-//! build that was killed) is dropped too. A stack's index is dropped when
-//! one of its layers has no index left. Anything that cannot be judged (an
-//! index written before paths were recorded, a path that cannot be read
-//! for another reason) is kept.
+//! A layer's index is dropped when its recorded path no longer exists, or
+//! holds another directory now. A stack's index is dropped when one of its
+//! layers was (now, or by an earlier collection), or when it is incomplete
+//! (a killed build: never served). Everything else is kept:
+//! a layer changed in place (its identity is its root's inode and times,
+//! so a chmod of the root makes new mounts index it afresh, while unions
+//! mounted before may still serve the old stack), an index without a
+//! recorded place, a path that fails for another reason, a record that
+//! cannot be read.
 //!
 //! Runs with the builders' lock held, so no build is under way. A daemon
-//! still serving a dropped stack reads the tables it already had; a daemon
-//! whose layers are gone has nothing left to serve anyway.
+//! that serves a stack dropped here fails its reads with EIO instead of
+//! showing an empty tree (see `Index::reopen`); it only happens when the
+//! daemon's layers are gone from under it.
 
+use std::collections::HashSet;
 use std::ffi::OsString;
 use std::io;
 use std::os::unix::ffi::OsStringExt;
@@ -54,31 +59,29 @@ enum Verdict {
 
 impl Index {
     /// Drops the indexes of layers that are gone and of stacks on them.
-    /// With `dry_run`, only reports what it would drop.
+    /// With `dry_run`, only reports what it would drop (and works on an
+    /// index opened read-only).
     pub fn gc(&self, dry_run: bool) -> Result<GcReport> {
         let mut report = GcReport {
             bytes_before: self.table_bytes()?,
             ..GcReport::default()
         };
-        let mut live = std::collections::HashSet::new();
-        for id in self.ids(LAYER)? {
-            let path = self
+        let layers = self.ids(LAYER)?;
+        let mut gone = HashSet::new();
+        for &id in &layers {
+            let place = self
                 .get(&record::path_key(id))?
-                .map(|p| PathBuf::from(OsString::from_vec(p)));
-            match self.judge_layer(id, path.as_ref())? {
-                Verdict::Keep => {
-                    live.insert(id);
-                    report.layers_kept += 1;
-                }
-                Verdict::Unknown => {
-                    live.insert(id);
-                    report.layers_unknown += 1;
-                }
+                .and_then(|v| record::Place::decode(&v));
+            match self.judge_layer(id, place.as_ref()) {
+                Verdict::Keep => report.layers_kept += 1,
+                Verdict::Unknown => report.layers_unknown += 1,
                 Verdict::Drop(why) => {
+                    let path = place.map(|p| PathBuf::from(OsString::from_vec(p.path)));
                     tracing::info!(id = %format!("{id:016x}"), ?path, %why, "dropping a layer index");
                     if !dry_run {
                         self.drop_index(LAYER, id)?;
                     }
+                    gone.insert(id);
                     report.layers_dropped.push(Dropped {
                         id: format!("{id:016x}"),
                         path,
@@ -87,18 +90,9 @@ impl Index {
                 }
             }
         }
+        let indexed: HashSet<u64> = layers.into_iter().collect();
         for id in self.ids(STACK)? {
-            let complete = self.stack_ready(id)?;
-            let layers = self
-                .get(&record::layers_key(id))?
-                .and_then(|v| record::decode_ids(&v));
-            let verdict = match layers {
-                _ if !complete => Verdict::Drop("incomplete".into()),
-                None => Verdict::Unknown,
-                Some(ids) if ids.iter().all(|l| live.contains(l)) => Verdict::Keep,
-                Some(_) => Verdict::Drop("a layer's index was dropped".into()),
-            };
-            match verdict {
+            match self.judge_stack(id, &indexed, &gone) {
                 Verdict::Keep => report.stacks_kept += 1,
                 Verdict::Unknown => report.stacks_unknown += 1,
                 Verdict::Drop(why) => {
@@ -114,25 +108,57 @@ impl Index {
         Ok(report)
     }
 
-    fn judge_layer(&self, id: u64, path: Option<&PathBuf>) -> Result<Verdict> {
-        if self.layer_ready(id)?.is_none() {
-            return Ok(Verdict::Drop("incomplete".into()));
-        }
-        let Some(path) = path else {
-            return Ok(Verdict::Unknown);
+    /// Complete or not (a killed build, which the next mount of the layer
+    /// redoes), a layer's index goes with its layer, and only then.
+    fn judge_layer(&self, id: u64, place: Option<&record::Place>) -> Verdict {
+        let Some(place) = place else {
+            return Verdict::Unknown;
         };
-        Ok(match Layer::open(path) {
-            Ok(layer) => match layer_id(&layer) {
-                Ok(now) if now == id => Verdict::Keep,
-                Ok(_) => Verdict::Drop("the layer there is another one now".into()),
-                Err(_) => Verdict::Unknown,
-            },
-            Err(e) if gone(&e) => Verdict::Drop(format!("{}: {e}", path.display())),
+        let path = PathBuf::from(OsString::from_vec(place.path.clone()));
+        let layer = match Layer::open(&path) {
+            Ok(layer) => layer,
+            Err(e) if gone(&e) => return Verdict::Drop(format!("{}: {e}", path.display())),
             Err(e) => {
                 tracing::warn!(path = %path.display(), error = %e, "cannot judge a layer index; keeping it");
-                Verdict::Unknown
+                return Verdict::Unknown;
             }
-        })
+        };
+        match layer.root().stat_self() {
+            Ok(st) if (st.dev(), st.ino()) != (place.dev, place.ino) => Verdict::Drop(format!(
+                "{}: another directory is there now",
+                path.display()
+            )),
+            Ok(_) if layer_id(&layer).is_ok_and(|now| now == id) => Verdict::Keep,
+            // The same directory, changed in place: unions mounted before
+            // may still use stacks on it.
+            _ => Verdict::Unknown,
+        }
+    }
+
+    fn judge_stack(&self, id: u64, indexed: &HashSet<u64>, gone: &HashSet<u64>) -> Verdict {
+        match self.stack_ready(id) {
+            Ok(true) => {}
+            Ok(false) => return Verdict::Drop("incomplete".into()),
+            Err(e) => {
+                tracing::warn!(id = %format!("{id:016x}"), error = %e, "cannot judge a stack index; keeping it");
+                return Verdict::Unknown;
+            }
+        }
+        let layers = match self.get(&record::layers_key(id)) {
+            Ok(Some(v)) => record::decode_ids(&v),
+            Ok(None) => None,
+            Err(e) => {
+                tracing::warn!(id = %format!("{id:016x}"), error = %e, "cannot judge a stack index; keeping it");
+                None
+            }
+        };
+        match layers {
+            None => Verdict::Unknown,
+            Some(ids) if ids.iter().any(|l| gone.contains(l) || !indexed.contains(l)) => {
+                Verdict::Drop("a layer of it is gone".into())
+            }
+            Some(_) => Verdict::Keep,
+        }
     }
 
     /// Deletes every record of one index and compacts its range, which
@@ -180,6 +206,7 @@ fn gone(e: &io::Error) -> bool {
 mod tests {
     use super::*;
     use crate::index::{build_layer, build_stack, stack_id};
+    use std::os::unix::fs::PermissionsExt;
     use std::path::Path;
 
     fn layer(dir: &Path, files: usize) -> Layer {
@@ -217,19 +244,30 @@ mod tests {
         let (ids, bc) = index_layers(&ix, &[&b, &c]);
         let idc = ids[1];
         let (_, just_b) = index_layers(&ix, &[&b]);
-        // An index written before paths were recorded cannot be judged.
+        // An index written before places were recorded cannot be judged,
+        // nor a layer's build killed before it recorded one.
         let old = 0x0123_4567_89ab_cdef;
         ix.begin_build(LAYER, old).expect("begin");
         ix.finish_build(LAYER, old, rocksdb::WriteBatch::default(), 0)
             .expect("finish");
-        // A build that was killed.
+        ix.begin_build(LAYER, old + 1).expect("begin");
+        // A stack's build that was killed: never served, dropped.
         let killed = 0x0fed_cba9_8765_4321;
         ix.begin_build(STACK, killed).expect("begin");
+        // A layer changed in place (a chmod of its root): new mounts index
+        // it afresh, but unions mounted before may still serve the old
+        // stack, which is kept.
+        let d = layer(&tmp.path().join("d"), 10);
+        let (ids, just_d) = index_layers(&ix, &[&d]);
+        std::fs::set_permissions(tmp.path().join("d"), std::fs::Permissions::from_mode(0o700))
+            .expect("chmod");
+        assert_ne!(layer_id(&d).expect("id"), ids[0]);
 
         drop((a, c));
         std::fs::remove_dir_all(tmp.path().join("a")).expect("rm a");
-        // Another layer where c was.
-        std::fs::remove_dir_all(tmp.path().join("c")).expect("rm c");
+        // Another directory where c was (the old one kept aside, so that
+        // the new one cannot reuse its inode).
+        std::fs::rename(tmp.path().join("c"), tmp.path().join("c.old")).expect("mv c");
         layer(&tmp.path().join("c"), 1);
 
         let dry = ix.gc(true).expect("dry run");
@@ -251,9 +289,10 @@ mod tests {
                 r.stacks_kept,
                 r.stacks_dropped
             ),
-            (1, 1, 1, 3),
+            (1, 3, 2, 3),
             "{r:?}"
         );
+        assert!(ix.stack_ready(just_d).expect("ready"));
         assert!(
             r.bytes_after < r.bytes_before,
             "no table space freed: {r:?}"
@@ -279,5 +318,40 @@ mod tests {
             again.layers_dropped.is_empty() && again.stacks_dropped == 0,
             "{again:?}"
         );
+    }
+
+    /// A daemon whose stack was dropped under it (its layers went) fails
+    /// the reads that need a deleted table instead of showing an empty
+    /// tree; a daemon whose stack is kept carries on.
+    #[test]
+    fn a_reader_of_a_dropped_stack_refuses_the_database_without_it() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = tmp.path().join("ix");
+        let ix = Index::open_for_write(&dir, std::time::Duration::ZERO).expect("open");
+        let (a, b) = (
+            layer(&tmp.path().join("a"), 50),
+            layer(&tmp.path().join("b"), 50),
+        );
+        let (_, gone) = index_layers(&ix, &[&a]);
+        let (_, kept) = index_layers(&ix, &[&b]);
+        let gone_reader = Index::open_read_only(&dir).expect("reader").serving(gone);
+        let kept_reader = Index::open_read_only(&dir).expect("reader").serving(kept);
+        drop(a);
+        std::fs::remove_dir_all(tmp.path().join("a")).expect("rm a");
+        let r = ix.gc(false).expect("gc");
+        assert_eq!((r.layers_dropped.len(), r.stacks_dropped), (1, 1), "{r:?}");
+
+        // What a read does when a table it needs went (see Index::read).
+        let refused = gone_reader.reopen(&gone_reader.current());
+        assert!(refused.is_err(), "reopened without its stack");
+        assert_eq!(gone_reader.reopens(), 0);
+        kept_reader
+            .reopen(&kept_reader.current())
+            .expect("reopen with the stack there");
+        assert_eq!(kept_reader.reopens(), 1);
+        assert!(kept_reader
+            .lookup(kept, b"d", b"f1")
+            .expect("lookup")
+            .is_some());
     }
 }

@@ -63,6 +63,8 @@ pub struct Index {
     /// (see [`Index::read`]).
     db: RwLock<Arc<DB>>,
     reopens: AtomicU32,
+    /// The stack a serving daemon reads.
+    serving: Option<u64>,
     path: PathBuf,
     /// Held while open for writing: one builder at a time.
     _lock: Option<File>,
@@ -171,14 +173,7 @@ fn make_room_for_tables() {
 /// settled. Nothing can cut them by index; a database with many of them
 /// is best removed while no union uses it, and is rebuilt on demand.
 fn warn_of_mixed_tables(db: &DB, path: &Path) {
-    let Ok(files) = db.live_files() else { return };
-    let mixed = files
-        .iter()
-        .filter(|f| match (&f.start_key, &f.end_key) {
-            (Some(a), Some(b)) => a.get(..9) != b.get(..9),
-            _ => false,
-        })
-        .count();
+    let mixed = mixed_tables(db);
     if mixed > 0 {
         tracing::warn!(
             index = %path.display(),
@@ -187,6 +182,23 @@ fn warn_of_mixed_tables(db: &DB, path: &Path) {
              remove the directory while no union uses it to start afresh"
         );
     }
+}
+
+/// How many tables hold records of more than one index.
+fn mixed_tables(db: &DB) -> usize {
+    let Ok(files) = db.live_files() else { return 0 };
+    files
+        .iter()
+        .filter(|f| match (&f.start_key, &f.end_key) {
+            // A table of one index ends at its last key, or at the end of
+            // the range deleted when it was rebuilt.
+            (Some(a), Some(b)) => {
+                let index = a.get(..9).unwrap_or(a);
+                !b.starts_with(index) && *b != record::prefix_end(index)
+            }
+            _ => false,
+        })
+        .count()
 }
 
 /// Opens the database read-only. A builder may delete a table between
@@ -241,6 +253,7 @@ impl Index {
         Ok(Index {
             db: RwLock::new(Arc::new(db)),
             reopens: AtomicU32::new(0),
+            serving: None,
             path: path.to_path_buf(),
             _lock: Some(lock),
         })
@@ -251,6 +264,7 @@ impl Index {
         Ok(Index {
             db: RwLock::new(Arc::new(open_db_read_only(path)?)),
             reopens: AtomicU32::new(0),
+            serving: None,
             path: path.to_path_buf(),
             _lock: None,
         })
@@ -264,8 +278,9 @@ impl Index {
     /// existed when it opened the database and opens each on first use
     /// (a daemon needs only its stack's few). A builder's compaction may
     /// have deleted a table since; the records it held are then in newer
-    /// tables, so the reader opens the database again, once, and `op`
-    /// runs again: it must resume where it stopped, not start over.
+    /// tables (unless their index was dropped: see [`Self::reopen`]), so
+    /// the reader opens the database again, once, and `op` runs again: it
+    /// must resume where it stopped, not start over.
     fn read<T>(
         &self,
         mut op: impl FnMut(&DB) -> std::result::Result<T, rocksdb::Error>,
@@ -282,14 +297,38 @@ impl Index {
     }
 
     /// Opens the database again, unless another thread already replaced
-    /// `stale`.
+    /// `stale`. A reader that serves a stack refuses a database where that
+    /// stack is no longer complete (dropped by `gc` because its layers
+    /// went, or being rebuilt): its reads then fail, as EIO to the union's
+    /// callers, instead of showing an empty tree.
     fn reopen(&self, stale: &Arc<DB>) -> Result<Arc<DB>> {
         let mut db = self.db.write().unwrap_or_else(PoisonError::into_inner);
         if Arc::ptr_eq(&db, stale) {
-            *db = Arc::new(open_db_read_only(&self.path)?);
+            let fresh = open_db_read_only(&self.path)?;
+            if let Some(stack) = self.serving {
+                let meta = fresh
+                    .get(record::meta_key(STACK, stack))
+                    .map_err(|e| db_error(&self.path, e))?;
+                if !meta
+                    .and_then(|v| LayerMeta::decode(&v))
+                    .is_some_and(|m| m.complete && m.version == VERSION)
+                {
+                    return Err(db_error(
+                        &self.path,
+                        format!("the index of stack {stack:016x} was dropped while in use"),
+                    ));
+                }
+            }
+            *db = Arc::new(fresh);
             self.reopens.fetch_add(1, Ordering::Relaxed);
         }
         Ok(Arc::clone(&db))
+    }
+
+    /// Marks this reader as serving `stack` (see [`Self::reopen`]).
+    pub fn serving(mut self, stack: u64) -> Index {
+        self.serving = Some(stack);
+        self
     }
 
     /// How many times this reader opened the database again.
@@ -351,11 +390,21 @@ impl Index {
             .map_err(|e| db_error(&self.path, e))
     }
 
-    /// Removes every record of one index (its meta record last).
+    /// Removes every record of one index, in one atomic batch. An index
+    /// with no records (the usual first build) gets no range deletion,
+    /// which would otherwise stay in its table for good.
     fn clear(&self, space: u8, id: u64) -> Result<()> {
         let start = record::index_prefix(space, id);
+        let any = self.read(|db| {
+            let mut it = db.raw_iterator();
+            it.seek(&start);
+            it.status()
+                .map(|()| it.key().is_some_and(|k| k.starts_with(&start)))
+        })?;
+        if !any {
+            return Ok(());
+        }
         let mut batch = rocksdb::WriteBatch::default();
-        batch.delete(record::meta_key(space, id));
         batch.delete_range(&start, &record::prefix_end(&start));
         self.write(batch)
     }
@@ -649,6 +698,35 @@ mod tests {
             assert_eq!(ix.count(LAYER, spread(i)).expect("count"), 25_000);
             assert_eq!(ix.count(STACK, spread(i)).expect("count"), 25_000);
         }
+    }
+
+    /// Every table holds one index's records, rebuilt ones included; a
+    /// table written as older versions did (two indexes flushed together)
+    /// is told apart.
+    #[test]
+    fn tables_hold_one_index_each() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ix = Index::open_for_write(dir.path(), std::time::Duration::ZERO).expect("open");
+        for i in 1..6 {
+            fake_build(&ix, LAYER, i << 40, 100);
+            fake_build(&ix, STACK, i << 40, 100);
+        }
+        fake_build(&ix, LAYER, 2 << 40, 50);
+        // A range deletion moved down with its table (as versions that
+        // cleared every index before building it left them) ends the
+        // table at the end of the range.
+        let start = record::index_prefix(LAYER, 7 << 40);
+        let mut batch = rocksdb::WriteBatch::default();
+        batch.delete_range(&start, &record::prefix_end(&start));
+        batch.put(record::meta_key(LAYER, 7 << 40), b"x");
+        ix.write(batch).expect("write");
+        ix.settle(LAYER, 7 << 40).expect("settle");
+        assert_eq!(mixed_tables(&ix.current()), 0);
+        let db = ix.current();
+        db.put(record::meta_key(LAYER, 9 << 40), b"x").expect("put");
+        db.put(record::meta_key(STACK, 9 << 40), b"x").expect("put");
+        db.flush().expect("flush");
+        assert_eq!(mixed_tables(&db), 1);
     }
 
     /// Rewrites every table of the index, as a builder's compaction may

@@ -5,7 +5,7 @@
 //! - `L <layer id:8> e <dir path> 0x00 <name>` → [`Entry`] of one layer;
 //! - `S <stack id:8> m` → [`LayerMeta`] of a merged stack index;
 //! - `S <stack id:8> e <dir path> 0x00 <name>` → [`Merged`] entry of a stack;
-//! - `L <layer id:8> p` → the layer's absolute path when it was indexed;
+//! - `L <layer id:8> p` → [`Place`]: where the layer was when indexed;
 //! - `S <stack id:8> l` → the ids of the stack's layers, top first.
 //!
 //! The last two let `unionctl index gc` find indexes whose layers are
@@ -287,6 +287,34 @@ pub fn layers_key(id: u64) -> Vec<u8> {
     let mut k = index_prefix(STACK, id);
     k.push(b'l');
     k
+}
+
+/// Where a layer was indexed: its root directory's device and inode, and
+/// its canonical path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Place {
+    pub dev: u64,
+    pub ino: u64,
+    pub path: Vec<u8>,
+}
+
+impl Place {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut v = Vec::with_capacity(16 + self.path.len());
+        v.extend_from_slice(&self.dev.to_be_bytes());
+        v.extend_from_slice(&self.ino.to_be_bytes());
+        v.extend_from_slice(&self.path);
+        v
+    }
+
+    pub fn decode(v: &[u8]) -> Option<Place> {
+        let num = |r: std::ops::Range<usize>| Some(u64::from_be_bytes(v.get(r)?.try_into().ok()?));
+        Some(Place {
+            dev: num(0..8)?,
+            ino: num(8..16)?,
+            path: v.get(16..).filter(|p| !p.is_empty())?.to_vec(),
+        })
+    }
 }
 
 pub fn encode_ids(ids: &[u64]) -> Vec<u8> {

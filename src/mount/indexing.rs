@@ -110,7 +110,7 @@ fn ready_or_build(p: &Prepared, dir: &Path) -> Result<(IndexPlan, Index), MountE
                     dir: dir.to_path_buf(),
                     stack,
                 },
-                ix,
+                ix.serving(stack),
             ));
         }
     }
@@ -142,7 +142,7 @@ fn ready_or_build(p: &Prepared, dir: &Path) -> Result<(IndexPlan, Index), MountE
             dir: dir.to_path_buf(),
             stack,
         },
-        ix,
+        ix.serving(stack),
     ))
 }
 

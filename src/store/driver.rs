@@ -289,7 +289,7 @@ impl Driver for Store {
                 out.stale_mounts.push(c.name);
             }
         }
-        out.indexes = self.collect_index()?;
+        out.indexes = self.collect_index();
         Ok(out)
     }
 }

@@ -147,17 +147,32 @@ impl Store {
     }
 
     /// Drops the index records of layers that are gone from the store and
-    /// of the stacks that merged them; returns how many indexes went.
-    pub(crate) fn collect_index(&self) -> Result<usize> {
-        let dir = self.index_dir();
-        if !dir.join("CURRENT").exists() {
-            return Ok(0);
+    /// of the stacks that merged them, in the store's indexes (its own and
+    /// the one of mounts made from a user namespace); returns how many
+    /// indexes went. The index is an optimisation, so a problem with it
+    /// is logged, never fails the caller. Callers hold the store lock, so
+    /// this does not wait behind a build (a first mount of a large stack
+    /// can take minutes): a busy index is left for the next cleanup.
+    pub(crate) fn collect_index(&self) -> usize {
+        use crate::index::{Index, IndexError};
+        let mut dropped = 0;
+        for dir in [self.index_dir(), self.root.join("index-userns")] {
+            if !dir.join("CURRENT").exists() {
+                continue;
+            }
+            let r = Index::open_for_write(&dir, std::time::Duration::from_secs(1))
+                .and_then(|ix| ix.gc(false));
+            match r {
+                Ok(r) => dropped += r.layers_dropped.len() + r.stacks_dropped,
+                Err(IndexError::Locked { .. }) => {
+                    tracing::info!(index = %dir.display(), "index busy building; collecting it next time");
+                }
+                Err(e) => {
+                    tracing::warn!(index = %dir.display(), error = %e, "cannot collect the index")
+                }
+            }
         }
-        let err = |e: crate::index::IndexError| io_err(&dir, e);
-        let ix = crate::index::Index::open_for_write(&dir, std::time::Duration::from_secs(600))
-            .map_err(err)?;
-        let r = ix.gc(false).map_err(err)?;
-        Ok(r.layers_dropped.len() + r.stacks_dropped)
+        dropped
     }
 
     pub fn layers_dir(&self) -> PathBuf {

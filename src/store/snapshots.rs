@@ -487,7 +487,7 @@ impl Snapshots {
             removed += 1;
         }
         detach_dead_unions(&dir);
-        let dropped = self.store.collect_index()?;
+        let dropped = self.store.collect_index();
         if dropped > 0 {
             tracing::info!(dropped, "dropped the indexes of removed snapshots");
         }
