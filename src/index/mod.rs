@@ -631,6 +631,11 @@ mod tests {
         assert_eq!(opens(), first, "tables were opened again");
     }
 
+    /// Ids spread over the key space, as hashes are.
+    fn spread(i: u64) -> u64 {
+        i.wrapping_mul(0x9e37_79b9_7f4a_7c15)
+    }
+
     /// Writes one index of `entries` records of (space, `id`) as a builder
     /// does, with values that do not compress away.
     fn fake_build(ix: &Index, space: u8, id: u64, entries: u64) {
@@ -673,8 +678,6 @@ mod tests {
     fn a_small_build_rewrites_a_small_part_of_a_large_index() {
         let dir = tempfile::tempdir().expect("tempdir");
         let ix = Index::open_for_write(dir.path(), std::time::Duration::ZERO).expect("open");
-        // Ids spread over the key space, as hashes are.
-        let spread = |i: u64| i.wrapping_mul(0x9e37_79b9_7f4a_7c15);
         // As mounts do: a layer, then the stack merging it.
         for i in 0..12 {
             fake_build(&ix, LAYER, spread(i), 25_000);
@@ -751,7 +754,6 @@ mod tests {
     fn readers_keep_their_records_while_a_builder_compacts() {
         let dir = tempfile::tempdir().expect("tempdir");
         let ix = Index::open_for_write(dir.path(), std::time::Duration::ZERO).expect("open");
-        let spread = |i: u64| i.wrapping_mul(0x9e37_79b9_7f4a_7c15);
         // More tables than RocksDB opens when it opens the database (16),
         // then a directory over several tables that sort after them.
         for i in 0..40 {
