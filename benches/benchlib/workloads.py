@@ -385,8 +385,45 @@ class MountTime(Workload):
         return Mounted(ctx.union, mnt2, pid).unmount()
 
 
+class MountNew(Workload):
+    """A first mount of a stack no mount has used: one fresh layer of one file. For
+    layerfs the timed command indexes the layer and the stack first, in the database
+    that already holds the stacks of the workloads run before (in a full run, every
+    other image here); that costs the size of what it indexes, not of the database."""
+    name, stack = "mount-new", "bench"
+    rows = [Row("mount_new", "first mount of a new one-layer stack (layerfs: indexes it)",
+                "index holds the others")]
+
+    dirs = None  # the new layer, then upper, work and mount point of the timed mount
+
+    def before(self, ctx, mnt):
+        self.dirs = [os.path.join(ctx.base, d) for d in ("new-layer", "upper2", "work2", "mnt2")]
+        for d in self.dirs:
+            os.makedirs(d)
+        with open(os.path.join(self.dirs[0], "new"), "w") as f:
+            f.write("new\n")
+
+    def steps(self, ctx, mnt):
+        argv, cwd = ctx.union.mount_command([self.dirs[0]], *self.dirs[1:])
+        return [Step("mount_new", argv, cwd=cwd, quiet=False)]
+
+    def check(self, ctx, mnt, upper):
+        mnt2 = self.dirs[3]
+        expect(mount_fstype(mnt2) is not None, "the new stack is not mounted")
+        with open(os.path.join(mnt2, "new")) as f:
+            expect(f.read() == "new\n", "the new layer's file reads wrong through the mount")
+
+    def cleanup(self, ctx):
+        mnt2, self.dirs = self.dirs[3] if self.dirs else None, None
+        if mnt2 is None or mount_fstype(mnt2) is None:
+            return []
+        pid = ctx.union.daemon_pid(mnt2) if ctx.union.fuse else None
+        return Mounted(ctx.union, mnt2, pid).unmount()
+
+
 ALL = [SeqReadCold(), SeqReadHot(), RandRead(), SeqWrite(), CopyUp(), Chmod(), Untar(),
-       RmLower(), RmUpper(), WalkFind(), WalkLs(), Git(), StatDeep(), BigDir(), MountTime()]
+       RmLower(), RmUpper(), WalkFind(), WalkLs(), Git(), StatDeep(), BigDir(), MountTime(),
+       MountNew()]
 
 
 def git_env(home):
