@@ -116,7 +116,12 @@ fn options() -> Options {
     // written before indexes were compacted on their own), that table is
     // rewritten: small tables bound the cost.
     opts.set_target_file_size_base(TABLE_SIZE);
-    opts.set_keep_log_file_num(2);
+    // RocksDB's own log (LOG in the index directory), written by builders
+    // and rolled over at each builder's open: a few, each bounded (a gc
+    // of thousands of indexes wrote 26 MB into one), so that the log of
+    // the build before the last is still there to read.
+    opts.set_keep_log_file_num(4);
+    opts.set_max_log_file_size(4 << 20);
     // Memory must stay small and bounded in a daemon per container.
     opts.set_write_buffer_size(8 << 20);
     opts.set_max_write_buffer_number(2);
