@@ -18,9 +18,7 @@
 //! daemon's layers are gone from under it.
 
 use std::collections::HashSet;
-use std::ffi::OsString;
 use std::io;
-use std::os::unix::ffi::OsStringExt;
 use std::path::PathBuf;
 
 use super::record::{self, LAYER, STACK};
@@ -76,7 +74,7 @@ impl Index {
                 Verdict::Keep => report.layers_kept += 1,
                 Verdict::Unknown => report.layers_unknown += 1,
                 Verdict::Drop(why) => {
-                    let path = place.map(|p| PathBuf::from(OsString::from_vec(p.path)));
+                    let path = place.map(|p| p.path_buf());
                     tracing::info!(id = %format!("{id:016x}"), ?path, %why, "dropping a layer index");
                     if !dry_run {
                         self.drop_index(LAYER, id)?;
@@ -114,7 +112,7 @@ impl Index {
         let Some(place) = place else {
             return Verdict::Unknown;
         };
-        let path = PathBuf::from(OsString::from_vec(place.path.clone()));
+        let path = place.path_buf();
         let layer = match Layer::open(&path) {
             Ok(layer) => layer,
             Err(e) if gone(&e) => return Verdict::Drop(format!("{}: {e}", path.display())),

@@ -316,7 +316,7 @@ impl Index {
                     .map_err(|e| db_error(&self.path, e))?;
                 if !meta
                     .and_then(|v| LayerMeta::decode(&v))
-                    .is_some_and(|m| m.complete && m.version == VERSION)
+                    .is_some_and(|m| m.usable())
                 {
                     return Err(db_error(
                         &self.path,
@@ -377,16 +377,12 @@ impl Index {
 
     /// Whether layer `id` is indexed, completely, in this format.
     pub fn layer_ready(&self, id: u64) -> Result<Option<LayerMeta>> {
-        Ok(self
-            .meta(LAYER, id)?
-            .filter(|m| m.complete && m.version == VERSION))
+        Ok(self.meta(LAYER, id)?.filter(LayerMeta::usable))
     }
 
     /// Whether stack `id` has a complete merged index.
     pub fn stack_ready(&self, id: u64) -> Result<bool> {
-        Ok(self
-            .meta(STACK, id)?
-            .is_some_and(|m| m.complete && m.version == VERSION))
+        Ok(self.meta(STACK, id)?.is_some_and(|m| m.usable()))
     }
 
     fn put_meta(&self, space: u8, id: u64, meta: &LayerMeta) -> Result<()> {

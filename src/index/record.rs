@@ -241,6 +241,11 @@ impl Merged {
 }
 
 impl LayerMeta {
+    /// A finished index in this format: the only kind served.
+    pub fn usable(&self) -> bool {
+        self.complete && self.version == VERSION
+    }
+
     pub fn encode(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(13);
         out.extend_from_slice(&self.version.to_le_bytes());
@@ -299,6 +304,11 @@ pub struct Place {
 }
 
 impl Place {
+    pub fn path_buf(&self) -> std::path::PathBuf {
+        use std::os::unix::ffi::OsStrExt;
+        std::ffi::OsStr::from_bytes(&self.path).into()
+    }
+
     pub fn encode(&self) -> Vec<u8> {
         let mut v = Vec::with_capacity(16 + self.path.len());
         v.extend_from_slice(&self.dev.to_be_bytes());
